@@ -1,0 +1,218 @@
+"""The exponential-family interface every fused field goes through.
+
+A family maps a torch distribution to a flat vector of natural parameters ``eta`` of
+size :attr:`ExponentialFamily.dim` and back, and gives the log-normalizer ``A(eta)``, the
+mean parameters ``mu = grad A(eta)`` and the inverse map ``mu -> eta``. With those four,
+any KL divergence inside the family is a Bregman divergence::
+
+    KL(p_a || p_b) = A(eta_b) - A(eta_a) - <eta_b - eta_a, mu_a>
+
+which is what lets :mod:`pyro_fusion.cost` build a whole cost matrix from one matrix product.
+Log-normalizers may drop additive constants: every formula here uses differences of ``A``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Dict, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+
+class ExponentialFamily(ABC):
+    """
+    Base class of the families a field of a component can belong to.
+
+    Natural parameters are flat tensors of shape ``batch_shape + (dim,)``; the family
+    object carries the event shape needed to read and write them.
+
+    :param event_shape: shape of one draw of the field.
+    """
+
+    #: name used in saved metadata; set by subclasses
+    name: str = ""
+    #: names of the constructor arguments saved in metadata besides the event shape
+    spec_args: Sequence[str] = ()
+
+    def __init__(self, event_shape: Sequence[int] = ()):
+        self.event_shape = torch.Size(event_shape)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Length of the flat natural-parameter vector."""
+
+    @abstractmethod
+    def natural_from_distribution(self, dist: Distribution) -> Tensor:
+        """
+        Natural parameters of a torch distribution of this family.
+
+        :param Distribution dist: distribution whose trailing shape is ``event_shape``.
+        :returns: tensor of shape ``batch_shape + (dim,)``.
+        """
+
+    @abstractmethod
+    def distribution(self, eta: Tensor) -> Distribution:
+        """The torch distribution with natural parameters ``eta``."""
+
+    @abstractmethod
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        """``A(eta)`` up to an additive constant, shape ``eta.shape[:-1]``."""
+
+    @abstractmethod
+    def mean_params(self, eta: Tensor) -> Tensor:
+        """Mean parameters ``mu = E[T(x)] = grad A(eta)``, same shape as ``eta``."""
+
+    @abstractmethod
+    def natural_from_mean(self, mu: Tensor) -> Tensor:
+        """Inverse of :meth:`mean_params` (moment matching)."""
+
+    @abstractmethod
+    def invalid(self, eta: Tensor) -> Tensor:
+        """Boolean mask of shape ``eta.shape[:-1]``: True where ``eta`` is outside the domain."""
+
+    def conjugate(self, mu: Tensor) -> Tensor:
+        """Convex conjugate ``A*(mu) = <eta(mu), mu> - A(eta(mu))`` (negative entropy up to ``h``)."""
+        eta = self.natural_from_mean(mu)
+        return (eta * mu).sum(-1) - self.log_normalizer(eta)
+
+    def kl(self, eta_p: Tensor, eta_q: Tensor) -> Tensor:
+        """
+        Elementwise ``KL(p || q)`` between distributions given by natural parameters.
+
+        :param Tensor eta_p: natural parameters of ``p``.
+        :param Tensor eta_q: natural parameters of ``q``, broadcastable with ``eta_p``.
+        """
+        mu_p = self.mean_params(eta_p)
+        return (
+            self.log_normalizer(eta_q)
+            - self.log_normalizer(eta_p)
+            - ((eta_q - eta_p) * mu_p).sum(-1)
+        )
+
+    def check(self, eta: Tensor, where: str) -> None:
+        """
+        Raise :class:`ValueError` naming ``where`` if ``eta`` has the wrong size, is not
+        finite, or lies outside the family's domain.
+        """
+        if eta.shape[-1:] != (self.dim,):
+            raise ValueError(
+                f"{where}: expected natural parameters of size {self.dim} for {self!r}, "
+                f"got shape {tuple(eta.shape)}"
+            )
+        if not torch.isfinite(eta).all():
+            raise ValueError(f"{where}: parameters contain NaN or inf")
+        bad = self.invalid(eta)
+        if bad.any():
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise ValueError(
+                f"{where}: parameters outside the domain of {self.name} at index {first} "
+                f"({self.domain_hint})"
+            )
+
+    #: what :meth:`check` says about an invalid parameter
+    domain_hint: str = "invalid parameter"
+
+    def spec(self) -> Dict[str, Any]:
+        """JSON-serialisable description, inverse of :func:`pyro_fusion.expfam.family_from_spec`."""
+        out: Dict[str, Any] = {"family": self.name, "event_shape": list(self.event_shape)}
+        for arg in self.spec_args:
+            out[arg] = getattr(self, arg)
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.spec().items() if k != "family")
+        return f"{type(self).__name__}({args})"
+
+
+class ElementwiseFamily(ExponentialFamily):
+    """
+    A product of independent scalar (or fixed-size) families over ``event_shape``.
+
+    Subclasses implement the per-coordinate maps on tensors of shape ``(..., n, k)``
+    with ``n = prod(event_shape)`` coordinates and ``k = stat_dim`` statistics each.
+    """
+
+    #: number of natural parameters per coordinate
+    stat_dim: int = 1
+
+    @property
+    def num_coords(self) -> int:
+        return self.event_shape.numel()
+
+    @property
+    def dim(self) -> int:
+        return self.num_coords * self.stat_dim
+
+    def _split(self, eta: Tensor) -> Tensor:
+        return eta.reshape(eta.shape[:-1] + (self.num_coords, self.stat_dim))
+
+    def _join(self, coords: Tensor) -> Tensor:
+        return coords.reshape(coords.shape[:-2] + (self.dim,))
+
+    def _stack(self, *params: Tensor) -> Tensor:
+        """Flatten per-coordinate parameters of shape ``batch + event_shape`` into ``eta``."""
+        n = len(self.event_shape)
+        batch = params[0].shape[: params[0].dim() - n]
+        coords = torch.stack([p.reshape(batch + (self.num_coords,)) for p in params], -1)
+        return self._join(coords)
+
+    def _unstack(self, eta: Tensor) -> list:
+        """Inverse of :meth:`_stack`: one tensor of shape ``batch + event_shape`` per statistic."""
+        coords = self._split(eta)
+        shape = eta.shape[:-1] + self.event_shape
+        return [coords[..., i].reshape(shape) for i in range(self.stat_dim)]
+
+    def _event_params(self, dist: Distribution, *names: str) -> list:
+        """Read named parameters of ``dist`` (unwrapping ``Independent``) with the right event shape."""
+        base = dist
+        while isinstance(base, torch.distributions.Independent):
+            base = base.base_dist
+        params = [getattr(base, n) for n in names]
+        shape = torch.broadcast_shapes(*(p.shape for p in params))
+        n = len(self.event_shape)
+        if n and shape[len(shape) - n :] != self.event_shape:
+            raise ValueError(
+                f"{type(base).__name__} of shape {tuple(shape)} does not end in the event shape "
+                f"{tuple(self.event_shape)} of {self!r}"
+            )
+        return [p.expand(shape) for p in params]
+
+    def _independent(self, base: Distribution) -> Distribution:
+        n = len(self.event_shape)
+        return torch.distributions.Independent(base, n) if n else base
+
+    @abstractmethod
+    def coord_log_normalizer(self, coords: Tensor) -> Tensor:
+        """Per-coordinate ``A`` of shape ``(..., n)``."""
+
+    @abstractmethod
+    def coord_mean(self, coords: Tensor) -> Tensor:
+        """Per-coordinate mean parameters of shape ``(..., n, k)``."""
+
+    @abstractmethod
+    def coord_natural_from_mean(self, coords: Tensor) -> Tensor:
+        """Per-coordinate inverse mean map of shape ``(..., n, k)``."""
+
+    @abstractmethod
+    def coord_invalid(self, coords: Tensor) -> Tensor:
+        """Per-coordinate domain violation mask of shape ``(..., n)``."""
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        return self.coord_log_normalizer(self._split(eta)).sum(-1)
+
+    def mean_params(self, eta: Tensor) -> Tensor:
+        return self._join(self.coord_mean(self._split(eta)))
+
+    def natural_from_mean(self, mu: Tensor) -> Tensor:
+        return self._join(self.coord_natural_from_mean(self._split(mu)))
+
+    def invalid(self, eta: Tensor) -> Tensor:
+        return self.coord_invalid(self._split(eta)).any(-1)

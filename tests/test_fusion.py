@@ -1,0 +1,309 @@
+import itertools
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from pyro_fusion import Components, FusionResult, barycenter, default_price, fuse, kl_cost_matrix
+from pyro_fusion.expfam import DiagNormal, PointMass
+from pyro_fusion.metrics import hausdorff
+from pyro_fusion.synthetic import gaussian_atoms_problem
+
+DIRECTIONS = ["reverse", "forward"]
+
+
+def normal_client(loc, scale, dtype=torch.float64):
+    loc = torch.as_tensor(loc, dtype=dtype)
+    return Components.from_distributions({"loc": Normal(loc, torch.as_tensor(scale, dtype=dtype).expand_as(loc))})
+
+
+def fused_means(result):
+    return result.distributions()["loc"].mean
+
+
+def assert_same_up_to_relabelling(a, b, atol):
+    ma, mb = fused_means(a), fused_means(b)
+    assert ma.shape == mb.shape
+    d = torch.cdist(ma.double(), mb.double())
+    assert d.min(1).values.max() < atol and d.min(0).values.max() < atol
+
+
+def assert_objective_never_increases(result):
+    obj = torch.tensor(result.objective, dtype=torch.float64)
+    tol = 1e-9 * obj.abs().max()
+    assert ((obj[1:] - obj[:-1]) <= tol).all(), (obj[1:] - obj[:-1]).max()
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("num_clients", [1, 2, 5])
+@pytest.mark.parametrize("L", [1, 7])
+def test_identical_clients_fuse_back(direction, num_clients, L):
+    gen = torch.Generator().manual_seed(L)
+    loc = torch.randn(L, 3, generator=gen, dtype=torch.float64) * 10
+    scale = torch.rand(L, 3, generator=gen, dtype=torch.float64) + 0.1
+    client = normal_client(loc, scale)
+    result = fuse([client] * num_clients, direction=direction, price=1.0)
+    assert result.num_global == L
+    for a in result.assignments:
+        assert torch.equal(a, result.assignments[0])
+    fused = result.distributions()["loc"].base_dist
+    order = result.assignments[0]
+    torch.testing.assert_close(fused.loc[order], loc)
+    torch.testing.assert_close(fused.scale[order], scale)
+    assert (result.support == num_clients).all()
+    assert result.converged
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_permuting_inside_a_client_changes_nothing(direction):
+    problem = gaussian_atoms_problem(12, 6, 4, seed=3, dtype=torch.float64)
+    base = fuse(problem.clients, direction=direction)
+    perm = torch.randperm(len(problem.clients[2]), generator=torch.Generator().manual_seed(1))
+    clients = list(problem.clients)
+    clients[2] = clients[2].select(perm)
+    permuted = fuse(clients, direction=direction)
+    assert_same_up_to_relabelling(base, permuted, 1e-8)
+    # the permuted client's components land on the same fused components
+    torch.testing.assert_close(
+        fused_means(permuted)[permuted.assignments[2]], fused_means(base)[base.assignments[2][perm]]
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_client_order_changes_nothing_when_optimum_is_unique(seed):
+    problem = gaussian_atoms_problem(10, 5, 3, seed=0, dtype=torch.float64)
+    ref = fuse(problem.clients, seed=0)
+    order = torch.randperm(5, generator=torch.Generator().manual_seed(seed))
+    other = fuse([problem.clients[i] for i in order], seed=seed)
+    assert_same_up_to_relabelling(ref, other, 1e-8)
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.2, 0.5])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_recovers_true_count(noise, direction):
+    D = 3
+    problem = gaussian_atoms_problem(
+        20, 10, D, noise=noise, posterior_scale=noise, atom_scale=20.0, keep_prob=0.6, seed=7
+    )
+    result = fuse(problem.clients, direction=direction)
+    assert result.num_global == len(problem.used_atoms) == 20
+    assert hausdorff(fused_means(result), problem.used_atoms) < noise * D**0.5
+    assert_objective_never_increases(result)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("price_scale", [0.1, 1.0, 10.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_objective_never_increases_on_hard_problems(direction, price_scale, seed):
+    # overlapping atoms, noisy clients: many re-assignments happen
+    problem = gaussian_atoms_problem(
+        15, 8, 2, noise=1.0, posterior_scale=0.7, atom_scale=2.0, seed=seed, dtype=torch.float64
+    )
+    price = price_scale * default_price(problem.clients, direction=direction)
+    result = fuse(problem.clients, direction=direction, price=price, seed=seed)
+    assert len(result.objective) > len(problem.clients)
+    assert_objective_never_increases(result)
+    _check_result_consistent(problem.clients, result)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_parametric_mode(direction):
+    problem = gaussian_atoms_problem(6, 5, 2, atom_scale=10.0, seed=1, dtype=torch.float64)
+    result = fuse(problem.clients, direction=direction, num_global=8, seed=0)
+    assert result.num_global == 8
+    assert result.price is None
+    assert_objective_never_increases(result)
+    for client, a in zip(problem.clients, result.assignments):
+        assert len(a.unique()) == len(client)
+    with pytest.raises(ValueError, match="client 0 has 3 components, more than num_global=2"):
+        fuse([normal_client(torch.zeros(3, 1), 1.0)], num_global=2)
+
+
+def _check_result_consistent(clients, result):
+    """Globals are the weighted barycenters of what is assigned to them; support is right."""
+    M = result.num_global
+    support = torch.zeros(M, dtype=torch.long)
+    for a in result.assignments:
+        assert len(a.unique()) == len(a), "a global takes at most one component per client"
+        support.index_add_(0, a, torch.ones_like(a))
+    assert torch.equal(support, result.support)
+    assert (support > 0).all()
+    for g in range(M):
+        members = [c.select(a.eq(g).nonzero().squeeze(-1)) for c, a in zip(clients, result.assignments)]
+        members = [m for m in members if len(m)]
+        stacked = Components({"loc": (members[0]["loc"].family, torch.cat([m["loc"].natural for m in members]))})
+        bary = barycenter(stacked, direction=result.direction).concat()[0]
+        torch.testing.assert_close(result.components.concat()[g], bary.to(result.components.dtype))
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_barycenter_is_stationary(direction, dtype):
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.randn(5, 4, generator=gen, dtype=dtype)
+    scale = torch.rand(5, 4, generator=gen, dtype=dtype) + 0.2
+    comps = normal_client(loc, scale, dtype)
+    w = torch.rand(5, generator=gen, dtype=dtype) + 0.1
+    bary = barycenter(comps, w, direction=direction)
+    fam = comps["loc"].family
+    eta = bary["loc"].natural.detach().double().requires_grad_()
+    etas = comps["loc"].natural.double()
+    kl = fam.kl(eta, etas) if direction == "reverse" else fam.kl(etas, eta)
+    (w.double() * kl).sum().backward()
+    assert eta.grad.abs().max() < (1e-4 if dtype == torch.float32 else 1e-9)
+
+
+def test_forward_barycenter_is_moment_matching():
+    comps = normal_client(torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [2.0]]))
+    fused = barycenter(comps, direction="forward").distributions()["loc"].base_dist
+    assert float(fused.loc) == pytest.approx(1.0)
+    assert float(fused.scale.square()) == pytest.approx(0.5 * (1 + 4) + 1.0)  # E var + var E
+    reverse = barycenter(comps, direction="reverse").distributions()["loc"].base_dist
+    assert float(reverse.scale.square()) == pytest.approx(1 / (0.5 * (1 + 1 / 4)))  # harmonic
+
+
+def test_point_estimates_fuse_like_means():
+    fam = PointMass(event_shape=(2,), scale=0.1)
+    a = Components({"w": (fam, fam.natural(torch.tensor([[0.0, 0.0], [5.0, 5.0]])))})
+    b = Components({"w": (fam, fam.natural(torch.tensor([[5.1, 4.9], [0.1, -0.1]])))})
+    result = fuse([a, b], price=10.0)
+    assert result.num_global == 2
+    values = fam.value(result.components["w"].natural)
+    assert torch.allclose(values[result.assignments[0]], torch.tensor([[0.05, -0.05], [5.05, 4.95]]))
+
+
+def test_product_combination_is_the_pooled_posterior():
+    # conjugate Normal mean with known noise: each client's exact posterior from its own data
+    prior_scale, noise = 3.0, 0.5
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(n, generator=gen, dtype=torch.float64) * noise + 1.5 for n in (5, 8, 3)]
+
+    def posterior(x):
+        precision = prior_scale**-2 + len(x) / noise**2
+        return x.sum() / noise**2 / precision, precision**-0.5
+
+    clients = [normal_client(torch.tensor([[posterior(x)[0]]]), posterior(x)[1]) for x in data]
+    prior = normal_client(torch.zeros(1, 1), prior_scale)
+    result = fuse(clients, prior=prior, combine="product", price=1e6)
+    mean, scale = posterior(torch.cat(data))
+    fused = result.distributions()["loc"].base_dist
+    torch.testing.assert_close(fused.loc, torch.tensor([[mean]], dtype=torch.float64))
+    torch.testing.assert_close(fused.scale, torch.tensor([[scale]], dtype=torch.float64))
+
+
+def test_product_outside_the_domain_is_an_error():
+    prior = normal_client(torch.zeros(1, 1), 0.1)  # prior much tighter than the posteriors
+    clients = [normal_client(torch.zeros(1, 1), 1.0) for _ in range(3)]
+    with pytest.raises(ValueError, match="combine='product'"):
+        fuse(clients, prior=prior, combine="product", price=1.0)
+
+
+def test_default_price_from_prior_recovers_count():
+    problem = gaussian_atoms_problem(10, 6, 2, noise=0.1, posterior_scale=0.1, atom_scale=10.0, seed=2)
+    prior = normal_client(torch.zeros(1, 2), 10.0, torch.float32)
+    result = fuse(problem.clients, prior=prior)
+    assert result.num_global == len(problem.used_atoms)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N,M,D", [(1, 1, 1), (4, 6, 3), (9, 2, 5)])
+def test_cost_matrix_matches_pairwise_kl(direction, dtype, N, M, D):
+    gen = torch.Generator().manual_seed(N * M * D)
+    p = Normal(torch.randn(N, D, generator=gen, dtype=dtype), torch.rand(N, D, generator=gen, dtype=dtype) + 0.3)
+    q = Normal(torch.randn(M, D, generator=gen, dtype=dtype), torch.rand(M, D, generator=gen, dtype=dtype) + 0.3)
+    cost = kl_cost_matrix(Components.from_distributions({"x": p}), Components.from_distributions({"x": q}), direction)
+    assert cost.shape == (N, M) and cost.dtype == dtype
+    for i, j in itertools.product(range(N), range(M)):
+        pi = Normal(p.loc[i], p.scale[i])
+        qj = Normal(q.loc[j], q.scale[j])
+        ref = torch.distributions.kl_divergence(*((qj, pi) if direction == "reverse" else (pi, qj))).sum()
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        assert abs(float(cost[i, j] - ref)) < tol * (1 + float(ref))
+
+
+def test_save_load_round_trip(tmp_path):
+    problem = gaussian_atoms_problem(6, 3, 2, seed=0)
+    result = fuse(problem.clients)
+    path = str(tmp_path / "result.safetensors")
+    result.save(path)
+    loaded = FusionResult.load(path)
+    assert loaded.num_global == result.num_global
+    torch.testing.assert_close(loaded.components.concat(), result.components.concat())
+    for a, b in zip(loaded.assignments, result.assignments):
+        assert torch.equal(a, b)
+    assert loaded.objective == result.objective and loaded.direction == result.direction
+
+
+def test_load_rejects_pickles(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"a": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="evil.pt.*never"):
+        FusionResult.load(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        FusionResult.load(str(tmp_path / "missing.safetensors"))
+
+
+# ----- bad inputs ------------------------------------------------------------------------
+
+
+def _good():
+    return [normal_client(torch.zeros(2, 3), 1.0), normal_client(torch.ones(2, 3), 1.0)]
+
+
+def _with_eta(eta):
+    return Components({"loc": (DiagNormal((3,)), eta)})
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: _good() + [_with_eta(torch.full((2, 6), float("nan")))], "client 2, field 'loc'.*NaN"),
+        (lambda: _good() + [_with_eta(torch.full((2, 6), float("inf")))], "client 2, field 'loc'.*NaN or inf"),
+        (lambda: _good() + [_with_eta(torch.ones(2, 6))], "client 2, field 'loc'.*scales must be positive"),
+        (lambda: _good() + [normal_client(torch.zeros(2, 4), 1.0)], "client 2, field 'loc'.*event shapes"),
+        (lambda: _good() + [_with_eta(torch.zeros(0, 6))], "client 2 has zero components"),
+        (
+            lambda: _good() + [Components({"loc": (PointMass((3,), 1.0), torch.zeros(2, 3))})],
+            "client 2, field 'loc'.*family point_mass differs",
+        ),
+        (
+            lambda: _good() + [Components.from_distributions({"mean": Normal(torch.zeros(2, 3), 1.0)})],
+            "client 2 has fields",
+        ),
+    ],
+)
+def test_bad_clients(make, match):
+    clients = make()
+    before = [c.concat().clone() for c in clients]
+    with pytest.raises(ValueError, match=match):
+        fuse(clients, price=1.0)
+    for c, b in zip(clients, before):
+        assert torch.equal(c.concat(), b, ) if not torch.isnan(b).any() else torch.isnan(c.concat()).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"direction": "sideways"}, "unknown direction 'sideways'"),
+        ({"weights": [1.0, -1.0]}, "client 1: weight must be positive"),
+        ({"weights": [1.0]}, "got 1 weights for 2 clients"),
+        ({"price": -1.0}, "price must be positive"),
+        ({"num_global": 0}, "num_global must be a positive integer"),
+        ({"combine": "max"}, "unknown combine"),
+        ({"combine": "product"}, "needs the prior"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fuse(_good(), **kwargs)
+
+
+def test_fusion_does_not_modify_inputs():
+    problem = gaussian_atoms_problem(8, 4, 2, seed=0)
+    before = [c.concat().clone() for c in problem.clients]
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    fuse(problem.clients, weights, direction="forward")
+    for c, b in zip(problem.clients, before):
+        assert torch.equal(c.concat(), b)
+    assert torch.equal(weights, torch.tensor([1.0, 2.0, 3.0, 4.0]))
