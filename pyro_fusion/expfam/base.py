@@ -159,6 +159,7 @@ class ElementwiseFamily(ExponentialFamily):
 
     def _stack(self, *params: Tensor) -> Tensor:
         """Flatten per-coordinate parameters of shape ``batch + event_shape`` into ``eta``."""
+        params = torch.broadcast_tensors(*params)
         n = len(self.event_shape)
         batch = params[0].shape[: params[0].dim() - n]
         coords = torch.stack([p.reshape(batch + (self.num_coords,)) for p in params], -1)

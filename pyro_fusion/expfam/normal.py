@@ -76,7 +76,7 @@ class PointMass(ElementwiseFamily):
         >>> fam = PointMass(event_shape=(2,), scale=0.1)
         >>> eta = fam.natural(torch.tensor([[0.0, 1.0]]))
         >>> fam.kl(eta, fam.natural(torch.tensor([[0.0, 0.0]])))
-        tensor([50.0000])
+        tensor([50.])
 
     :param event_shape: shape of one value.
     :param float scale: the standard deviation the point estimates are read with.
