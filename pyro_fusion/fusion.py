@@ -107,7 +107,8 @@ def _check_clients(clients: Sequence[Components]) -> None:
         client.check(f"client {j}")
 
 
-def _client_weights(weights, num_clients: int) -> Tensor:
+def client_weights(weights, num_clients: int) -> Tensor:
+    """Validated client weights normalised to mean 1 (uniform when ``weights`` is None)."""
     if weights is None:
         return torch.ones(num_clients, dtype=torch.float64)
     w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
@@ -294,7 +295,7 @@ def default_price(
     :param str direction: the KL direction of the cost.
     :param Components prior: optional single prior component.
     """
-    w = _client_weights(weights, len(clients))
+    w = client_weights(weights, len(clients))
     families = clients[0].families
     if prior is not None:
         values = []
@@ -370,7 +371,7 @@ def fuse(
         raise ValueError(f"unknown combine {combine!r}; expected one of {COMBINES}")
     clients = list(clients)
     _check_clients(clients)
-    w = _client_weights(weights, len(clients))
+    w = client_weights(weights, len(clients))
     families = clients[0].families
     if prior is not None:
         _check_clients([clients[0], prior])

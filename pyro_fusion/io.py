@@ -107,13 +107,15 @@ def load_components(path: str) -> Components:
     return groups["components"]
 
 
-def save_result(result, path: str) -> None:
-    """Save a :class:`~pyro_fusion.fusion.FusionResult` (see :meth:`FusionResult.save`)."""
+def _result_tensors(result) -> Dict[str, torch.Tensor]:
     tensors = {f"assignment/{j}": a for j, a in enumerate(result.assignments)}
     tensors["support"] = result.support
     tensors["objective"] = torch.tensor(result.objective, dtype=torch.float64)
-    meta = {
-        "kind": "fusion_result",
+    return tensors
+
+
+def _result_metadata(result) -> Dict[str, Any]:
+    return {
         "direction": result.direction,
         "combine": result.combine,
         "price": result.price,
@@ -121,20 +123,15 @@ def save_result(result, path: str) -> None:
         "converged": result.converged,
         "num_clients": len(result.assignments),
     }
-    save_groups(path, {"global": result.components}, meta, tensors)
 
 
-def load_result(path: str):
-    """Load a :class:`~pyro_fusion.fusion.FusionResult` saved by :func:`save_result`."""
+def _read_result(path: str, components: Components, extra, meta):
     from .fusion import FusionResult
 
-    groups, extra, meta = load_groups(path)
-    if meta.get("kind") != "fusion_result" or "global" not in groups:
-        raise ValueError(f"{path}: not a saved fusion result")
     try:
         assignments = [extra[f"assignment/{j}"] for j in range(meta["num_clients"])]
         return FusionResult(
-            components=groups["global"],
+            components=components,
             assignments=assignments,
             support=extra["support"],
             objective=extra["objective"].tolist(),
@@ -144,5 +141,102 @@ def load_result(path: str):
             direction=meta["direction"],
             combine=meta["combine"],
         )
-    except KeyError as e:
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: malformed fusion result, missing {e}") from None
+
+
+def save_result(result, path: str) -> None:
+    """Save a :class:`~pyro_fusion.fusion.FusionResult` (see :meth:`FusionResult.save`)."""
+    meta = {"kind": "fusion_result", **_result_metadata(result)}
+    save_groups(path, {"global": result.components}, meta, _result_tensors(result))
+
+
+def load_result(path: str):
+    """Load a :class:`~pyro_fusion.fusion.FusionResult` saved by :func:`save_result`."""
+    groups, extra, meta = load_groups(path)
+    if meta.get("kind") != "fusion_result" or "global" not in groups:
+        raise ValueError(f"{path}: not a saved fusion result")
+    return _read_result(path, groups["global"], extra, meta)
+
+
+def _site_metadata(post) -> Dict[str, Any]:
+    return {
+        "component_dims": post.component_dims,
+        "simplex_axes": {n: list(axes) for n, (axes, _) in post.simplex.items()},
+        "site_shapes": {n: list(s) for n, s in post.site_shapes.items()},
+        "sources": post.sources,
+        "site_families": {n: f.spec() for n, f in post.site_families.items()},
+    }
+
+
+def _read_sites(path: str, extra, meta) -> Dict[str, Any]:
+    try:
+        return {
+            "component_dims": {n: int(d) for n, d in meta["component_dims"].items()},
+            "simplex": {
+                n: (tuple(axes), extra[f"simplex/{n}"]) for n, axes in meta["simplex_axes"].items()
+            },
+            "site_shapes": {n: torch.Size(s) for n, s in meta["site_shapes"].items()},
+            "sources": dict(meta["sources"]),
+            "site_families": {n: family_from_spec(s) for n, s in meta["site_families"].items()},
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: malformed site metadata: {e}") from None
+
+
+def _site_groups(post, components_key: str, components) -> Dict[str, Components]:
+    groups = {}
+    if components is not None:
+        groups[components_key] = components
+    if post.shared is not None:
+        groups["shared"] = post.shared
+    return groups
+
+
+def save_posterior(post, path: str) -> None:
+    """
+    Save one client's :class:`~pyro_fusion.extract.GuidePosterior` for exchange: plain
+    tensors + JSON, readable without the model; see :func:`load_posterior`.
+    """
+    meta = {"kind": "guide_posterior", "weight": post.weight, **_site_metadata(post)}
+    tensors = {f"simplex/{n}": v for n, (_, v) in post.simplex.items()}
+    save_groups(path, _site_groups(post, "components", post.components), meta, tensors)
+
+
+def load_posterior(path: str):
+    """Load a :class:`~pyro_fusion.extract.GuidePosterior` saved by :func:`save_posterior`."""
+    from .extract import GuidePosterior
+
+    groups, extra, meta = load_groups(path)
+    if meta.get("kind") != "guide_posterior":
+        raise ValueError(f"{path}: not a saved client posterior (kind {meta.get('kind')!r})")
+    return GuidePosterior(
+        groups.get("components"), groups.get("shared"), weight=meta.get("weight"),
+        **_read_sites(path, extra, meta),
+    )
+
+
+def save_fused(fused, path: str) -> None:
+    """Save a :class:`~pyro_fusion.fused.FusedPosterior`; see :func:`load_fused`."""
+    result = fused.result
+    meta = {"kind": "fused_posterior", **_site_metadata(fused)}
+    tensors = {f"simplex/{n}": v for n, (_, v) in fused.simplex.items()}
+    if result is not None:
+        meta["result"] = _result_metadata(result)
+        tensors.update(_result_tensors(result))
+    save_groups(path, _site_groups(fused, "global", None if result is None else result.components), meta, tensors)
+
+
+def load_fused(path: str):
+    """Load a :class:`~pyro_fusion.fused.FusedPosterior` saved by :func:`save_fused`."""
+    from .fused import FusedPosterior
+
+    groups, extra, meta = load_groups(path)
+    if meta.get("kind") != "fused_posterior":
+        raise ValueError(f"{path}: not a saved fused posterior (kind {meta.get('kind')!r})")
+    result = None
+    if "result" in meta:
+        if "global" not in groups:
+            raise ValueError(f"{path}: fused posterior without global components")
+        result = _read_result(path, groups["global"], extra, meta["result"])
+    return FusedPosterior(result, groups.get("shared"), **_read_sites(path, extra, meta))

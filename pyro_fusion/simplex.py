@@ -1,0 +1,57 @@
+"""Sites on a simplex indexed by component (mixture weights, transition matrices).
+
+Their coordinates cannot be permuted in unconstrained space, so they are rebuilt after
+matching (DESIGN §4): each client's point value (its posterior mean, or median for
+AutoNormal) is scaled by the client's weight and scattered into the global index space
+through its assignment, summed over clients; entries no client saw get ``unseen`` times
+the smallest observed entry; then the last axis is renormalised.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def rebuild_simplex(
+    values: Sequence[Tensor],
+    axes: Sequence[int],
+    assignments: Sequence[Tensor],
+    weights: Tensor,
+    num_global: int,
+    unseen: float = 1e-2,
+) -> Tensor:
+    """
+    Rebuild a simplex-valued site in the global component space.
+
+    Example::
+
+        >>> w = [torch.tensor([0.7, 0.3]), torch.tensor([0.5, 0.5])]
+        >>> a = [torch.tensor([0, 1]), torch.tensor([1, 2])]
+        >>> rebuild_simplex(w, [0], a, torch.ones(2), 3)
+        tensor([0.3500, 0.4000, 0.2500])
+
+    :param list values: per client, the site's value (last axis on the simplex).
+    :param list axes: the (nonnegative) axes of the value indexed by component.
+    :param list assignments: per client, local -> global component index.
+    :param Tensor weights: client weights.
+    :param int num_global: number of global components.
+    :param float unseen: relative mass of entries no client saw.
+    """
+    axes = list(axes)
+    moved = [v.movedim(axes, list(range(len(axes)))) for v in values]
+    rest = moved[0].shape[len(axes):]
+    total = torch.zeros((num_global,) * len(axes) + rest, dtype=torch.float64)
+    seen = torch.zeros((num_global,) * len(axes) + rest, dtype=torch.bool)
+    for v, a, w in zip(moved, assignments, weights):
+        if v.shape[len(axes):] != rest or any(v.shape[i] != len(a) for i in range(len(axes))):
+            raise ValueError(f"simplex value of shape {tuple(v.shape)} does not match its assignment")
+        index = torch.meshgrid(*([a] * len(axes)), indexing="ij")
+        total.index_put_(index, v.double() * float(w), accumulate=True)
+        seen.index_put_(index, torch.ones_like(v, dtype=torch.bool), accumulate=True)
+    floor = total[seen & (total > 0)].min() if (seen & (total > 0)).any() else torch.tensor(1.0)
+    total = torch.where(seen, total, unseen * floor)
+    total = total.movedim(list(range(len(axes))), axes)
+    return (total / total.sum(-1, keepdim=True)).to(values[0].dtype)
+
