@@ -307,3 +307,53 @@ def test_fusion_does_not_modify_inputs():
     for c, b in zip(problem.clients, before):
         assert torch.equal(c.concat(), b)
     assert torch.equal(weights, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+# ----- every family ----------------------------------------------------------------------
+
+FAMILY_CASES = [pytest.param(name, ev, id=f"{name}-{ev}") for name, ev in [
+    ("normal", (2,)), ("point_mass", (3,)), ("gamma", (2,)), ("beta", ()), ("bernoulli", (3,)),
+    ("dirichlet", (4,)), ("categorical", (2, 3)), ("mvn", (2,)), ("normal_wishart", (2,)),
+]]
+
+
+def family_components(name, ev, L, seed):
+    from test_expfam import make
+
+    torch.manual_seed(seed)
+    family, d = make(name, ev, (L,))
+    return Components({"f": (family, family.natural_from_distribution(d).reshape(L, family.dim))})
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("name,ev", FAMILY_CASES)
+def test_cost_matrix_every_family(name, ev, direction):
+    a, b = family_components(name, ev, 4, 0), family_components(name, ev, 3, 1)
+    cost = kl_cost_matrix(a, b, direction)
+    fam = a["f"].family
+    eta_a, eta_b = a["f"].natural.unsqueeze(1), b["f"].natural.unsqueeze(0)
+    ref = fam.kl(eta_b, eta_a) if direction == "reverse" else fam.kl(eta_a, eta_b)
+    torch.testing.assert_close(cost, ref, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("name,ev", FAMILY_CASES)
+def test_identical_clients_every_family(name, ev, direction):
+    client = family_components(name, ev, 5, 2)
+    perms = [torch.randperm(5, generator=torch.Generator().manual_seed(j)) for j in range(3)]
+    result = fuse([client.select(p) for p in perms], direction=direction)
+    assert result.num_global == 5
+    for p, a in zip(perms, result.assignments):
+        torch.testing.assert_close(result.components.concat()[a], client.concat()[p], atol=1e-7, rtol=1e-7)
+    assert_objective_never_increases(result)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("name,ev", FAMILY_CASES)
+def test_objective_never_increases_every_family(name, ev, direction):
+    clients = [family_components(name, ev, L, seed) for seed, L in enumerate([3, 5, 4, 2, 5])]
+    price = default_price(clients, direction=direction)
+    result = fuse(clients, direction=direction, price=price)
+    assert_objective_never_increases(result)
+    for client, a in zip(clients, result.assignments):
+        assert len(a.unique()) == len(client)
