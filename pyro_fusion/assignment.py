@@ -19,7 +19,9 @@ def assign_rows(cost: Tensor, price: Optional[float] = None) -> Tensor:
     per row]``, solved exactly by :func:`scipy.optimize.linear_sum_assignment`).
 
     Columns no row prefers to a new slot, and rows that prefer a new slot to every
-    column, are left out of the dense problem first; the result is the same optimum.
+    column, are left out of the dense problem first, and when the remaining rows each
+    have exactly one such column, all distinct, no dense problem is solved at all; the
+    result is the same optimum.
 
     Example::
 
@@ -42,6 +44,12 @@ def assign_rows(cost: Tensor, price: Optional[float] = None) -> Tensor:
     row_idx = cheaper.any(1).nonzero().squeeze(-1)
     col_idx = cheaper.any(0).nonzero().squeeze(-1)
     if row_idx.numel() == 0:
+        return result
+    sub_cheaper = cheaper[row_idx][:, col_idx]
+    if bool((sub_cheaper.sum(1) == 1).all() and (sub_cheaper.sum(0) == 1).all()):
+        # each row has exactly one column cheaper than a new one, and no two share it:
+        # every row reaches its own minimum, so that is the optimum
+        result[row_idx] = col_idx[sub_cheaper.long().argmax(1)]
         return result
     sub = cost[row_idx][:, col_idx].detach().cpu().double().numpy()
     padded = np.concatenate([sub, np.full((sub.shape[0], sub.shape[0]), float(price))], 1)

@@ -158,9 +158,11 @@ class _FusionState:
         state["c"][index] = c
         state["phi"][index] = phi
 
-    def _snapshot(self) -> dict:
-        keys = ("sum", "weight", "count", "xbar", "y", "c", "phi")
-        return {k: getattr(self, k).clone() for k in keys}
+    _KEYS = ("sum", "weight", "count", "xbar", "y", "c", "phi")
+
+    def _state(self) -> dict:
+        """The per-global tensors (never modified in place; updates build new ones)."""
+        return {k: getattr(self, k) for k in self._KEYS}
 
     def _objective(self, state: dict, local_phi: float) -> float:
         gap = local_phi - float((state["weight"] * state["phi"]).sum())
@@ -193,9 +195,10 @@ class _FusionState:
         self.count = torch.zeros(num_global, dtype=torch.long)
 
     # ----- one client update -----------------------------------------------------------
-    def _apply(self, base: dict, j: int, new: Tensor, reopen: Tensor) -> dict:
-        """Stats after adding client ``j`` under ``new`` (``NEW`` rows reopen ``reopen``)."""
-        state = {k: v.clone() for k, v in base.items()}
+    def _apply(self, base: dict, j: int, new: Tensor, reopen: Tensor, copy: bool = True) -> dict:
+        """Stats after adding client ``j`` under ``new`` (``NEW`` rows reopen ``reopen``);
+        ``base`` is copied first unless ``copy`` is False."""
+        state = {k: v.clone() for k, v in base.items()} if copy else dict(base)
         w = float(self.weights[j])
         new = new.clone()
         opening = (new == NEW).nonzero().squeeze(-1)
@@ -225,7 +228,7 @@ class _FusionState:
         """Re-match client ``j``; returns whether its assignment changed."""
         w = float(self.weights[j])
         x, phi_x = self.xs[j], self.phis[j]
-        current = self._snapshot()
+        current = self._state()
         old = self.assign[j]
         local_phi = self.local_phi + (0.0 if old is not None else float(w * phi_x.sum()))
         before = self.objective() if old is not None else None
@@ -253,7 +256,7 @@ class _FusionState:
             if not self.parametric:
                 cost = cost + self.price * (removed["count"] == 0).to(cost.dtype)
             match = assign_rows(cost, None if self.parametric else self.price)
-            state = self._apply(removed, j, match, reopen)
+            state = self._apply(removed, j, match, reopen, copy=False)
             after = self._objective(state, local_phi)
         new = state.pop("assign")
         for key, value in state.items():
@@ -270,7 +273,7 @@ class _FusionState:
         if bool(keep.all()):
             return
         remap = torch.cumsum(keep.long(), 0) - 1
-        for key in ("sum", "weight", "count", "xbar", "y", "c", "phi"):
+        for key in self._KEYS:
             setattr(self, key, getattr(self, key)[keep])
         self.assign = [None if a is None else remap[a] for a in self.assign]
 
