@@ -357,3 +357,37 @@ def test_objective_never_increases_every_family(name, ev, direction):
     assert_objective_never_increases(result)
     for client, a in zip(clients, result.assignments):
         assert len(a.unique()) == len(client)
+
+
+# ----- properties ------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    dim=st.integers(1, 3),
+    spread=st.floats(0.5, 5.0),
+    price=st.floats(0.05, 50.0),
+    direction=st.sampled_from(DIRECTIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_fusion_invariants(sizes, dim, spread, price, direction, seed):
+    gen = torch.Generator().manual_seed(seed)
+    clients = [
+        normal_client(torch.randn(L, dim, generator=gen, dtype=torch.float64) * spread,
+                      torch.rand(L, dim, generator=gen, dtype=torch.float64) + 0.2)
+        for L in sizes
+    ]
+    result = fuse(clients, direction=direction, price=price, seed=seed)
+    assert_objective_never_increases(result)
+    _check_result_consistent(clients, result)
+    assert max(sizes) <= result.num_global <= sum(sizes)
+    # the recorded objective is F evaluated from scratch at the final assignment
+    total = sum(
+        float(kl_cost_matrix(c, result.components, direction)[torch.arange(len(c)), a].sum())
+        for c, a in zip(clients, result.assignments)
+    )
+    assert result.objective[-1] == pytest.approx(total + price * result.num_global, rel=1e-9, abs=1e-9)

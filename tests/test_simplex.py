@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from pyro_fusion.simplex import rebuild_simplex
+
+
+def _normalised(x):
+    return x / x.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("num_clients", [1, 3])
+@pytest.mark.parametrize("K", [2, 5])
+def test_identical_clients_return_the_transition_matrix(num_clients, K):
+    trans = _normalised(torch.rand(K, K, generator=torch.Generator().manual_seed(K), dtype=torch.float64) + 0.05)
+    perms = [torch.randperm(K, generator=torch.Generator().manual_seed(j)) for j in range(num_clients)]
+    # client j lists its states in the order perms[j]; its local state l is global perms[j][l]
+    values = [trans[p][:, p] for p in perms]
+    fused = rebuild_simplex(values, [0, 1], perms, torch.ones(num_clients), K)
+    torch.testing.assert_close(fused, trans)
+
+
+def test_mixture_weights_are_weighted_by_client():
+    values = [torch.tensor([0.5, 0.5]), torch.tensor([1.0])]
+    fused = rebuild_simplex(values, [0], [torch.tensor([0, 1]), torch.tensor([1])], torch.tensor([1.0, 3.0]), 2)
+    torch.testing.assert_close(fused, torch.tensor([0.5 / 4, 3.5 / 4]))
+
+
+def test_unseen_entries_get_the_smoothing_mass():
+    trans = torch.tensor([[0.9, 0.1], [0.3, 0.7]], dtype=torch.float64)
+    fused = rebuild_simplex([trans], [0, 1], [torch.tensor([0, 2])], torch.ones(1), 3, unseen=0.5)
+    floor = 0.5 * 0.1
+    torch.testing.assert_close(fused[0], torch.tensor([0.9, floor, 0.1], dtype=torch.float64) / (1 + floor))
+    torch.testing.assert_close(fused[1], torch.full((3,), 1 / 3, dtype=torch.float64))  # a row no client saw
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="does not match its assignment"):
+        rebuild_simplex([torch.ones(3) / 3], [0], [torch.tensor([0, 1])], torch.ones(1), 2)
