@@ -204,7 +204,7 @@ def fuse_posteriors(
     posteriors: Sequence[GuidePosterior],
     weights: Optional[Sequence[float]] = None,
     *,
-    unseen: float = 1e-2,
+    simplex_concentration: float = 1e-3,
     **fuse_kwargs,
 ) -> FusedPosterior:
     """
@@ -219,8 +219,9 @@ def fuse_posteriors(
     :param list posteriors: one :class:`~pyro_fusion.extract.GuidePosterior` per client.
     :param weights: client weights; default each posterior's ``weight`` if all have one,
         else uniform.
-    :param float unseen: relative mass of simplex entries no client saw
-        (see :func:`~pyro_fusion.simplex.rebuild_simplex`).
+    :param float simplex_concentration: pseudo-count of simplex entries no client saw, in
+        units of one (average-weight) client's probability mass (see
+        :func:`~pyro_fusion.simplex.rebuild_simplex`).
     :param fuse_kwargs: passed to :func:`~pyro_fusion.fusion.fuse` (``direction``,
         ``num_global``, ``price``, ``prior``, ``combine``, ``seed``, ...).
     """
@@ -267,7 +268,7 @@ def fuse_posteriors(
     simplex = {}
     for name, (axes, _) in ref.simplex.items():
         values = [p.simplex[name][1] for p in posteriors]
-        simplex[name] = (axes, rebuild_simplex(values, axes, result.assignments, w, result.num_global, unseen))
+        simplex[name] = (axes, rebuild_simplex(values, axes, result.assignments, w, result.num_global, simplex_concentration))
     shapes = {}
     for name, shape in ref.site_shapes.items():
         shape = list(shape)

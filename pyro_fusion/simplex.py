@@ -1,14 +1,14 @@
 """Sites on a simplex indexed by component (mixture weights, transition matrices).
 
 Their coordinates cannot be permuted in unconstrained space, so they are rebuilt after
-matching (DESIGN §4): each client's point value (its posterior mean, or median for
-AutoNormal) is scaled by the client's weight and scattered into the global index space
-through its assignment, summed over clients; entries no client saw get ``unseen`` times
-the smallest observed entry; then the last axis is renormalised.
+matching (DESIGN §4): each client's expected counts (e.g. expected transition counts, or
+its posterior mean scaled by its weight) are scattered into the global index space through
+its assignment and summed over clients; entries no client saw get the prior's
+concentration; then the last axis is normalised.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ def rebuild_simplex(
     assignments: Sequence[Tensor],
     weights: Tensor,
     num_global: int,
-    unseen: float = 1e-2,
+    concentration: Union[float, Tensor],
 ) -> Tensor:
     """
     Rebuild a simplex-valued site in the global component space.
@@ -29,15 +29,17 @@ def rebuild_simplex(
 
         >>> w = [torch.tensor([0.7, 0.3]), torch.tensor([0.5, 0.5])]
         >>> a = [torch.tensor([0, 1]), torch.tensor([1, 2])]
-        >>> rebuild_simplex(w, [0], a, torch.ones(2), 3)
+        >>> rebuild_simplex(w, [0], a, torch.ones(2), 3, concentration=0.0)
         tensor([0.3500, 0.4000, 0.2500])
 
-    :param list values: per client, the site's value (last axis on the simplex).
+    :param list values: per client, the site's value or expected counts (last axis on the
+        simplex).
     :param list axes: the (nonnegative) axes of the value indexed by component.
     :param list assignments: per client, local -> global component index.
-    :param Tensor weights: client weights.
+    :param Tensor weights: client weights the values are scaled by.
     :param int num_global: number of global components.
-    :param float unseen: relative mass of entries no client saw.
+    :param concentration: the prior's concentration, for entries no client saw (a number
+        or a tensor broadcastable to the result).
     """
     axes = list(axes)
     moved = [v.movedim(axes, list(range(len(axes)))) for v in values]
@@ -50,8 +52,7 @@ def rebuild_simplex(
         index = torch.meshgrid(*([a] * len(axes)), indexing="ij")
         total.index_put_(index, v.double() * float(w), accumulate=True)
         seen.index_put_(index, torch.ones_like(v, dtype=torch.bool), accumulate=True)
-    floor = total[seen & (total > 0)].min() if (seen & (total > 0)).any() else torch.tensor(1.0)
-    total = torch.where(seen, total, unseen * floor)
+    total = torch.where(seen, total, torch.as_tensor(concentration, dtype=torch.float64))
     total = total.movedim(list(range(len(axes))), axes)
     return (total / total.sum(-1, keepdim=True)).to(values[0].dtype)
 

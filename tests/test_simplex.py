@@ -15,24 +15,23 @@ def test_identical_clients_return_the_transition_matrix(num_clients, K):
     perms = [torch.randperm(K, generator=torch.Generator().manual_seed(j)) for j in range(num_clients)]
     # client j lists its states in the order perms[j]; its local state l is global perms[j][l]
     values = [trans[p][:, p] for p in perms]
-    fused = rebuild_simplex(values, [0, 1], perms, torch.ones(num_clients), K)
+    fused = rebuild_simplex(values, [0, 1], perms, torch.ones(num_clients), K, 1.0)
     torch.testing.assert_close(fused, trans)
 
 
 def test_mixture_weights_are_weighted_by_client():
     values = [torch.tensor([0.5, 0.5]), torch.tensor([1.0])]
-    fused = rebuild_simplex(values, [0], [torch.tensor([0, 1]), torch.tensor([1])], torch.tensor([1.0, 3.0]), 2)
+    fused = rebuild_simplex(values, [0], [torch.tensor([0, 1]), torch.tensor([1])], torch.tensor([1.0, 3.0]), 2, 1.0)
     torch.testing.assert_close(fused, torch.tensor([0.5 / 4, 3.5 / 4]))
 
 
-def test_unseen_entries_get_the_smoothing_mass():
-    trans = torch.tensor([[0.9, 0.1], [0.3, 0.7]], dtype=torch.float64)
-    fused = rebuild_simplex([trans], [0, 1], [torch.tensor([0, 2])], torch.ones(1), 3, unseen=0.5)
-    floor = 0.5 * 0.1
-    torch.testing.assert_close(fused[0], torch.tensor([0.9, floor, 0.1], dtype=torch.float64) / (1 + floor))
+def test_unseen_entries_get_the_prior_concentration():
+    counts = torch.tensor([[9.0, 1.0], [3.0, 7.0]], dtype=torch.float64)
+    fused = rebuild_simplex([counts], [0, 1], [torch.tensor([0, 2])], torch.ones(1), 3, 0.5)
+    torch.testing.assert_close(fused[0], torch.tensor([9.0, 0.5, 1.0], dtype=torch.float64) / 10.5)
     torch.testing.assert_close(fused[1], torch.full((3,), 1 / 3, dtype=torch.float64))  # a row no client saw
 
 
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not match its assignment"):
-        rebuild_simplex([torch.ones(3) / 3], [0], [torch.tensor([0, 1])], torch.ones(1), 2)
+        rebuild_simplex([torch.ones(3) / 3], [0], [torch.tensor([0, 1])], torch.ones(1), 2, 1.0)
