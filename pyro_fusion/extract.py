@@ -84,27 +84,36 @@ def _joinable(family: ExponentialFamily) -> bool:
 
 
 @dataclass
-class GuidePosterior:
+class SiteLayout:
     """
-    One client's posterior as read by :func:`extract`.
+    Where the sites of a (client or fused) posterior live.
 
-    :ivar Components components: the per-component fields (one per component site).
-    :ivar Components shared: the shared fields (one component).
     :ivar dict component_dims: component site -> its component dimension (nonnegative).
     :ivar dict simplex: simplex-indexed site -> ``(axes indexed by component, value)``.
     :ivar dict site_shapes: site -> shape of its (unconstrained) parameters.
     :ivar dict sources: site -> ``"autonormal"``, ``"delta"`` or ``"distribution"``.
     :ivar dict site_families: site -> family of its guide distribution (batch over the shape).
-    :ivar float weight: the client's weight (e.g. its number of data points) or None.
     """
 
-    components: Optional[Components]
-    shared: Optional[Components]
     component_dims: Dict[str, int]
     simplex: Dict[str, Tuple[Tuple[int, ...], Tensor]]
     site_shapes: Dict[str, torch.Size]
     sources: Dict[str, str]
     site_families: Dict[str, ExponentialFamily]
+
+
+@dataclass
+class GuidePosterior(SiteLayout):
+    """
+    One client's posterior as read by :func:`extract`.
+
+    :ivar Components components: the per-component fields (one per component site).
+    :ivar Components shared: the shared fields (one component).
+    :ivar float weight: the client's weight (e.g. its number of data points) or None.
+    """
+
+    components: Optional[Components] = None
+    shared: Optional[Components] = None
     weight: Optional[float] = None
 
     @property
@@ -331,7 +340,16 @@ def extract(
         shared.check("guide")
     if weight is not None and not weight > 0:
         raise ValueError(f"weight must be positive, got {weight}")
-    return GuidePosterior(comps, shared, dims, simplex_values, shapes, sources, families, weight)
+    return GuidePosterior(
+        component_dims=dims,
+        simplex=simplex_values,
+        site_shapes=shapes,
+        sources=sources,
+        site_families=families,
+        components=comps,
+        shared=shared,
+        weight=weight,
+    )
 
 
 def _positive_dims(dims: Sequence[int], ndim: int, name: str) -> Tuple[int, ...]:

@@ -28,7 +28,7 @@ from torch.distributions import Distribution, Independent, TransformedDistributi
 from .barycenter import barycenter
 from .components import Components
 from .expfam import DiagNormal, ExponentialFamily, PointMass
-from .extract import GuidePosterior
+from .extract import GuidePosterior, SiteLayout
 from .fusion import FusionResult, client_weights, fuse
 from .simplex import rebuild_simplex
 
@@ -39,26 +39,17 @@ class FusedAutoNormal(AutoNormal):
 
 
 @dataclass
-class FusedPosterior:
+class FusedPosterior(SiteLayout):
     """
-    The global posterior: fused component sites, shared sites and simplex sites.
+    The global posterior: fused component sites, shared sites and simplex sites
+    (simplex values are the rebuilt global ones, site shapes those of the global model).
 
     :ivar FusionResult result: matching and fused components (None without component sites).
     :ivar Components shared: fused shared sites (one component), or None.
-    :ivar dict component_dims: component site -> component dimension.
-    :ivar dict simplex: simplex site -> ``(axes, fused constrained value)``.
-    :ivar dict site_shapes: site -> parameter shape of the *global* model.
-    :ivar dict sources: site -> how clients represented it (see :class:`GuidePosterior`).
-    :ivar dict site_families: site -> family of the clients' guide distribution.
     """
 
-    result: Optional[FusionResult]
-    shared: Optional[Components]
-    component_dims: Dict[str, int]
-    simplex: Dict[str, Tuple[Tuple[int, ...], Tensor]]
-    site_shapes: Dict[str, torch.Size]
-    sources: Dict[str, str]
-    site_families: Dict[str, ExponentialFamily]
+    result: Optional[FusionResult] = None
+    shared: Optional[Components] = None
 
     @property
     def num_global(self) -> int:
@@ -278,7 +269,13 @@ def fuse_posteriors(
             shape = simplex[name][1].shape
         shapes[name] = torch.Size(shape)
     return FusedPosterior(
-        result, shared, dict(ref.component_dims), simplex, shapes, dict(ref.sources), dict(ref.site_families)
+        component_dims=dict(ref.component_dims),
+        simplex=simplex,
+        site_shapes=shapes,
+        sources=dict(ref.sources),
+        site_families=dict(ref.site_families),
+        result=result,
+        shared=shared,
     )
 
 

@@ -211,7 +211,9 @@ def load_posterior(path: str):
     if meta.get("kind") != "guide_posterior":
         raise ValueError(f"{path}: not a saved client posterior (kind {meta.get('kind')!r})")
     return GuidePosterior(
-        groups.get("components"), groups.get("shared"), weight=meta.get("weight"),
+        components=groups.get("components"),
+        shared=groups.get("shared"),
+        weight=meta.get("weight"),
         **_read_sites(path, extra, meta),
     )
 
@@ -239,4 +241,4 @@ def load_fused(path: str):
         if "global" not in groups:
             raise ValueError(f"{path}: fused posterior without global components")
         result = _read_result(path, groups["global"], extra, meta["result"])
-    return FusedPosterior(result, groups.get("shared"), **_read_sites(path, extra, meta))
+    return FusedPosterior(result=result, shared=groups.get("shared"), **_read_sites(path, extra, meta))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import warnings
 
@@ -195,8 +196,7 @@ def client_guides(num_clients, K=3, permute=True):
         p = posts[0]
         comps = p.components.select(perm)
         axes, w = p.simplex["weights"]
-        posts.append(GuidePosterior(comps, p.shared, p.component_dims, {"weights": (axes, w[perm])},
-                                    p.site_shapes, p.sources, p.site_families, p.weight))
+        posts.append(dataclasses.replace(p, components=comps, simplex={"weights": (axes, w[perm])}))
     return ref, posts
 
 

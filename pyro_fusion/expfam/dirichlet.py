@@ -59,7 +59,26 @@ def dirichlet_concentration(mean_log: Tensor, tol: float = 1e-12, max_iter: int 
     return alpha.to(mean_log.dtype)
 
 
-class Dirichlet(VectorFamily):
+class DirichletCoordinates:
+    """The Dirichlet maps on blocks of concentrations ``(..., n, K)``, shared by
+    :class:`Dirichlet` and :class:`~pyro_fusion.expfam.Beta` (``K = 2``)."""
+
+    domain_hint = "concentrations must be positive"
+
+    def coord_log_normalizer(self, coords: Tensor) -> Tensor:
+        return torch.lgamma(coords).sum(-1) - torch.lgamma(coords.sum(-1))
+
+    def coord_mean(self, coords: Tensor) -> Tensor:
+        return torch.digamma(coords) - torch.digamma(coords.sum(-1, keepdim=True))
+
+    def coord_natural_from_mean(self, coords: Tensor) -> Tensor:
+        return dirichlet_concentration(coords)
+
+    def coord_invalid(self, coords: Tensor) -> Tensor:
+        return ~(coords > 0).all(-1)
+
+
+class Dirichlet(DirichletCoordinates, VectorFamily):
     """
     Independent Dirichlets over the last event axis, one per index of the others (e.g. the
     rows of a transition matrix, ``event_shape = (S, S)``): ``T(x) = log x``, ``eta = alpha``
@@ -79,7 +98,6 @@ class Dirichlet(VectorFamily):
 
     name = "dirichlet"
     min_size = 2
-    domain_hint = "concentrations must be positive"
 
     def natural_from_distribution(self, dist: Distribution) -> Tensor:
         (concentration,) = self._event_params(dist, "concentration")
@@ -96,15 +114,3 @@ class Dirichlet(VectorFamily):
     def distribution(self, eta: Tensor) -> Distribution:
         base = torch.distributions.Dirichlet(self.concentration(eta))
         return self._independent_outer(base)
-
-    def coord_log_normalizer(self, coords: Tensor) -> Tensor:
-        return torch.lgamma(coords).sum(-1) - torch.lgamma(coords.sum(-1))
-
-    def coord_mean(self, coords: Tensor) -> Tensor:
-        return torch.digamma(coords) - torch.digamma(coords.sum(-1, keepdim=True))
-
-    def coord_natural_from_mean(self, coords: Tensor) -> Tensor:
-        return dirichlet_concentration(coords)
-
-    def coord_invalid(self, coords: Tensor) -> Tensor:
-        return ~(coords > 0).all(-1)

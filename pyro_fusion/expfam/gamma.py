@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .base import ElementwiseFamily
-from .dirichlet import _solver_dtype, dirichlet_concentration
+from .dirichlet import DirichletCoordinates, _solver_dtype
 
 
 def gamma_shape(gap: Tensor, tol: float = 1e-12, max_iter: int = 100) -> Tensor:
@@ -93,7 +93,7 @@ class Gamma(ElementwiseFamily):
         return ~((coords[..., 0] > -1) & (coords[..., 1] < 0))
 
 
-class Beta(ElementwiseFamily):
+class Beta(DirichletCoordinates, ElementwiseFamily):
     """
     Independent Betas over ``event_shape``: ``T(x) = (log x, log(1 - x))``, ``eta = (a, b)``
     (with base measure ``1 / (x (1 - x))``), ``A = lgamma(a) + lgamma(b) - lgamma(a + b)``
@@ -112,7 +112,6 @@ class Beta(ElementwiseFamily):
 
     name = "beta"
     stat_dim = 2
-    domain_hint = "concentrations must be positive"
 
     def natural_from_distribution(self, dist: Distribution) -> Tensor:
         a, b = self._event_params(dist, "concentration1", "concentration0")
@@ -129,15 +128,3 @@ class Beta(ElementwiseFamily):
 
     def distribution(self, eta: Tensor) -> Distribution:
         return self._independent(torch.distributions.Beta(*self.concentrations(eta)))
-
-    def coord_log_normalizer(self, coords: Tensor) -> Tensor:
-        return torch.lgamma(coords).sum(-1) - torch.lgamma(coords.sum(-1))
-
-    def coord_mean(self, coords: Tensor) -> Tensor:
-        return torch.digamma(coords) - torch.digamma(coords.sum(-1, keepdim=True))
-
-    def coord_natural_from_mean(self, coords: Tensor) -> Tensor:
-        return dirichlet_concentration(coords)
-
-    def coord_invalid(self, coords: Tensor) -> Tensor:
-        return ~(coords > 0).all(-1)
