@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# OpenMP's default busy-waiting makes small-tensor work many times slower on a busy 2-core machine
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 
 VENV_PYTHON := $(VENV)/bin/python
 # Re-install when the packaging metadata changes; otherwise `make venv` is a no-op.

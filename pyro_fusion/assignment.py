@@ -18,10 +18,9 @@ def assign_rows(cost: Tensor, price: Optional[float] = None) -> Tensor:
     each row may instead open a new column at that cost (columns ``[existing | one new slot
     per row]``, solved exactly by :func:`scipy.optimize.linear_sum_assignment`).
 
-    Columns no row prefers to a new slot, and rows that prefer a new slot to every
-    column, are left out of the dense problem first, and when the remaining rows each
-    have exactly one such column, all distinct, no dense problem is solved at all; the
-    result is the same optimum.
+    Columns no row prefers to a new slot, rows that prefer a new slot to every column,
+    and rows whose only cheaper column is cheaper for no other row (they take it) are
+    left out of the dense problem; the result is the same optimum.
 
     Example::
 
@@ -40,16 +39,19 @@ def assign_rows(cost: Tensor, price: Optional[float] = None) -> Tensor:
         rows, cols = linear_sum_assignment(cost.detach().cpu().double().numpy())
         result[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
         return result
-    cheaper = cost < price
-    row_idx = cheaper.any(1).nonzero().squeeze(-1)
-    col_idx = cheaper.any(0).nonzero().squeeze(-1)
-    if row_idx.numel() == 0:
+    if num_cols == 0:
         return result
-    sub_cheaper = cheaper[row_idx][:, col_idx]
-    if bool((sub_cheaper.sum(1) == 1).all() and (sub_cheaper.sum(0) == 1).all()):
-        # each row has exactly one column cheaper than a new one, and no two share it:
-        # every row reaches its own minimum, so that is the optimum
-        result[row_idx] = col_idx[sub_cheaper.long().argmax(1)]
+    cheaper = cost < price
+    row_count, col_count = cheaper.sum(1), cheaper.sum(0)
+    # a row whose only cheaper column is cheaper for no other row is a component of its own
+    # in the graph of cheap edges: that edge is its optimum, no dense problem needed
+    only_col = cheaper.long().argmax(1)
+    isolated = (row_count == 1) & (col_count[only_col] == 1)
+    result[isolated] = only_col[isolated]
+    col_count = col_count.index_put((only_col[isolated],), torch.zeros((), dtype=col_count.dtype))
+    row_idx = ((row_count > 0) & ~isolated).nonzero().squeeze(-1)
+    col_idx = (col_count > 0).nonzero().squeeze(-1)
+    if row_idx.numel() == 0:
         return result
     sub = cost[row_idx][:, col_idx].detach().cpu().double().numpy()
     padded = np.concatenate([sub, np.full((sub.shape[0], sub.shape[0]), float(price))], 1)

@@ -248,6 +248,8 @@ class _FusionState:
         cost = KLGeometry.cost(x, phi_x, removed["y"][cols], removed["c"][cols]) * w
         match = assign_rows(cost, self.price if not self.parametric else None)
         new = torch.cat([cols, cols.new_tensor([NEW])])[match]  # NEW (-1) picks the last entry
+        if old is not None and torch.equal(torch.where(new == NEW, reopen, new), old):
+            return False  # re-adding the client would rebuild the current state
         state = self._apply(removed, j, new, reopen)
         after = self._objective(state, local_phi)
         if before is not None and after > before:
@@ -314,11 +316,11 @@ def default_price(
     for j, client in enumerate(clients):
         if len(client) < 2:
             continue
-        x = geometry.coordinates(client.concat().double())
+        x = geometry.coordinates(client.concat())
         y, c, phi = geometry.dual(x)
         cost = KLGeometry.cost(x, phi, y, c)
         cost.fill_diagonal_(float("inf"))
-        minima.append(w[j] * cost.min())
+        minima.append(w[j] * cost.min().double())
     if not minima:
         raise ValueError(
             "cannot derive a default price: no client has two components and no prior was "
