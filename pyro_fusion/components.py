@@ -101,7 +101,10 @@ class Components:
         return next(iter(self.fields.values())).natural.dtype
 
     def concat(self) -> Tensor:
-        """All natural parameters side by side, shape ``[L, dim]``."""
+        """All natural parameters side by side, shape ``[L, dim]`` (for a single field, its
+        own tensor: do not modify it in place)."""
+        if len(self.fields) == 1:
+            return next(iter(self.fields.values())).natural
         return torch.cat([f.natural for f in self.fields.values()], -1)
 
     def with_natural(self, natural: Tensor) -> "Components":

@@ -49,6 +49,8 @@ class KLGeometry:
         self.sizes = [f.dim for f in self.families.values()]
 
     def _map(self, method: str, x: Tensor) -> Tensor:
+        if len(self.sizes) == 1:
+            return getattr(next(iter(self.families.values())), method)(x)
         parts = x.split(self.sizes, -1)
         return torch.cat([getattr(f, method)(p) for f, p in zip(self.families.values(), parts)], -1)
 
@@ -77,10 +79,10 @@ class KLGeometry:
         if self.direction == "reverse":
             y = self._map("mean_params", x)
             phi = self._sum("log_normalizer", x)
-            return y, (x * y).sum(-1) - phi, phi
+            return y, torch.linalg.vecdot(x, y) - phi, phi
         y = self._map("natural_from_mean", x)
         c = self._sum("log_normalizer", y)
-        return y, c, (x * y).sum(-1) - c
+        return y, c, torch.linalg.vecdot(x, y) - c
 
     @staticmethod
     def cost(x: Tensor, phi_x: Tensor, y: Tensor, c: Tensor) -> Tensor:
