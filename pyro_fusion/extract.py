@@ -249,11 +249,11 @@ def site_estimates(
     if isinstance(guide, AutoGuide):
         if guide.prototype_trace is None:
             raise ValueError(f"{type(guide).__name__} has not been run yet: train it before extracting")
-        if type(guide) is AutoNormal:
+        if isinstance(guide, AutoNormal):  # also FusedAutoNormal, for the next round
             return _site_estimates_autonormal(guide)
-        if type(guide) is AutoDiagonalNormal:
+        if isinstance(guide, AutoDiagonalNormal):
             return _site_estimates_diagonal(guide)
-        if type(guide) is AutoDelta:
+        if isinstance(guide, AutoDelta):
             return _site_estimates_delta(guide, point_scale)
         raise ValueError(f"{type(guide).__name__} is not supported. {NON_MEAN_FIELD_HINT}")
     return _site_estimates_traced(guide, args, kwargs, point_scale)

@@ -311,3 +311,12 @@ def test_save_load_posteriors_and_cli(tmp_path, capsys):
     assert "evil.pt" in capsys.readouterr().err
     assert cli_main(["fuse", paths[0], str(tmp_path / "nope.safetensors"), "-o", out]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_fused_guide_can_be_extracted_for_the_next_round():
+    _, posts = client_guides(3)
+    fused = fuse_posteriors(posts)
+    guide = fused.to_guide(mixture_model, fused.num_global)
+    again = extract(guide, fused.num_global, components={"loc": 0, "scale": 0}, simplex={"weights": [0]})
+    torch.testing.assert_close(again.components.concat(), fused.result.components.concat())
+    torch.testing.assert_close(again.shared.concat(), fused.shared.concat())

@@ -1,0 +1,266 @@
+"""A Flower strategy that fuses clients' mean-field guides of any width by KL-fusion."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+from torch.distributions import Normal
+
+from ..components import Components
+from ..expfam import DiagNormal
+from ..extract import GuidePosterior
+from ..fused import FusedPosterior, fuse_posteriors
+from . import wire
+
+#: fuser signature: (client posteriors, their num-examples) -> global posterior
+Fuser = Callable[[Sequence[GuidePosterior], Sequence[float]], FusedPosterior]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply left out of a round: the sending node and why."""
+
+    node_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundFusion:
+    """
+    What one round's fusion did.
+
+    :ivar dict assignments: node id -> LongTensor mapping the node's local components to
+        global ones.
+    :ivar int width: number of global components (0 if the round fused nothing).
+    :ivar Tensor support: number of clients matched to each global component.
+    :ivar float objective: final value of the fusion objective.
+    :ivar list rejections: the replies left out, with reasons.
+    """
+
+    assignments: Dict[int, torch.Tensor]
+    width: int
+    support: torch.Tensor
+    objective: float
+    rejections: List[Rejection]
+
+
+class KLFusion(FedAvg):
+    """
+    Federated KL-fusion: each round the sampled clients train a Pyro model with a
+    mean-field guide of any width; the server validates every reply, matches the clients'
+    components (hidden units, mixture components, topics, ...) and fuses them into a global
+    posterior of learned width, which is sent back for the next round.
+
+    A reply that fails validation (see :func:`~pyro_fusion.flower.wire.read_reply`), comes
+    from a node that was not sampled, repeats a node, or does not describe the same model
+    as the first accepted reply is rejected: it is logged, recorded in
+    :attr:`rejections`, and the round goes on with the others.
+
+    Example::
+
+        >>> strategy = KLFusion(
+        ...     components={"hidden.0.weight": 0, "hidden.0.bias": 0, "output.weight": 1},
+        ...     max_width=256, max_num_examples=60000, prior_scale=1.0,
+        ... )
+        >>> result = strategy.start(grid, ArrayRecord(), num_rounds=3)  # in a ServerApp
+        >>> strategy.history[3].width, strategy.history[3].assignments   # doctest: +SKIP
+
+    :param int max_width: the most components a reply may have.
+    :param int max_num_examples: the largest ``num-examples`` a reply may claim.
+    :param float prior_scale: if given (and ``fuse_kwargs`` has no ``prior``), the clients'
+        prior ``Normal(0, prior_scale)`` on every component field, in the guides'
+        unconstrained space; it sets the default price of a global component.
+    :param dict fuse_kwargs: options of :func:`~pyro_fusion.fuse_posteriors`
+        (``direction``, ``price``, ``num_global``, ``combine``, ``prior``, ``seed``, ...).
+    :param fuser: replaces :func:`~pyro_fusion.fuse_posteriors` altogether (e.g. a
+        layer-wise adapter); called as ``fuser(posteriors, num_examples)``.
+    :param kwargs: node sampling options of :class:`~flwr.serverapp.strategy.FedAvg`
+        (``fraction_train``, ``min_train_nodes``, ``min_available_nodes``, ...).
+    """
+
+    def __init__(
+        self,
+        max_width: int,
+        max_num_examples: int,
+        *,
+        prior_scale: Optional[float] = None,
+        fuse_kwargs: Optional[Mapping[str, Any]] = None,
+        fuser: Optional[Fuser] = None,
+        **kwargs,
+    ):
+        for name, value in (("max_width", max_width), ("max_num_examples", max_num_examples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if prior_scale is not None and not prior_scale > 0:
+            raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+        if fuser is not None and (fuse_kwargs or prior_scale is not None):
+            raise ValueError("pass either fuser or fuse_kwargs/prior_scale, not both")
+        super().__init__(weighted_by_key=wire.NUM_EXAMPLES, arrayrecord_key=wire.ARRAYS_KEY, **kwargs)
+        self.max_width = max_width
+        self.max_num_examples = max_num_examples
+        self.prior_scale = prior_scale
+        self.fuse_kwargs = dict(fuse_kwargs or {})
+        self.fuser = fuser
+        #: the current global posterior (None before the first fusion)
+        self.global_posterior: Optional[FusedPosterior] = None
+        #: round -> :class:`RoundFusion`
+        self.history: Dict[int, RoundFusion] = {}
+        self._header = ""
+        self._sampled: Dict[int, set] = {}
+
+    @property
+    def assignments(self) -> Dict[int, Dict[int, torch.Tensor]]:
+        """Round -> node id -> local-to-global assignment of that node's components."""
+        return {r: h.assignments for r, h in self.history.items()}
+
+    @property
+    def rejections(self) -> Dict[int, List[Rejection]]:
+        """Round -> replies rejected in that round."""
+        return {r: h.rejections for r, h in self.history.items()}
+
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+        log(INFO, "\t├──> KL-fusion: max width %d, max num-examples %d, prior scale %s, %s",
+            self.max_width, self.max_num_examples, self.prior_scale,
+            "custom fuser" if self.fuser else f"fuse options {self.fuse_kwargs}")
+        super().summary()
+
+    def _with_global(self, messages: Iterable[Message], server_round: int) -> List[Message]:
+        messages = list(messages)
+        record = wire.header_record(self._header, server_round)
+        for message in messages:
+            message.content[wire.HEADER_KEY] = record
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes and send them the global posterior (none in the first round)."""
+        messages = self._with_global(super().configure_train(server_round, arrays, config, grid), server_round)
+        self._sampled[server_round] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes and send them the global posterior to evaluate."""
+        return self._with_global(super().configure_evaluate(server_round, arrays, config, grid), server_round)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        """
+        Validate every reply, fuse the accepted ones and return the global posterior's
+        arrays with the round's diagnostics (``global-width``, ``support``, ``objective``,
+        ``num-accepted``, ``num-rejected`` and the clients' metrics averaged by
+        ``num-examples``).
+        """
+        expected = self._sampled.get(server_round, set())
+        accepted: Dict[int, GuidePosterior] = {}
+        contents: List[RecordDict] = []
+        rejections: List[Rejection] = []
+        for message in replies:
+            node = message.metadata.src_node_id
+            try:
+                post = self._read(message, node, server_round, expected, accepted)
+            except ValueError as e:
+                rejections.append(Rejection(node, str(e)))
+                log(WARNING, "aggregate_train: rejected the reply of node %s: %s", node, e)
+                continue
+            accepted[node] = post
+            contents.append(message.content)
+        log(INFO, "aggregate_train: %d replies accepted, %d rejected", len(accepted), len(rejections))
+        metrics = MetricRecord({"num-accepted": len(accepted), "num-rejected": len(rejections)})
+        posts = list(accepted.values())
+        weights = [p.weight for p in posts]
+        fused = None
+        if posts:
+            try:
+                fused = self._fuse(posts, weights)
+            except ValueError as e:
+                log(WARNING, "aggregate_train: fusion failed, keeping the previous global posterior: %s", e)
+        if fused is None:
+            self.history[server_round] = RoundFusion({}, 0, torch.zeros(0, dtype=torch.long), float("nan"), rejections)
+            return None, metrics
+        arrays, self._header = wire.encode(fused)
+        self.global_posterior = fused
+        result = fused.result
+        if result is not None:
+            assignments = dict(zip(accepted, result.assignments))
+            support, objective = result.support, float(result.objective[-1])
+        else:
+            assignments, support, objective = {}, torch.zeros(0, dtype=torch.long), float("nan")
+        self.history[server_round] = RoundFusion(assignments, fused.num_global, support, objective, rejections)
+        client_metrics = self.train_metrics_aggr_fn(contents, wire.NUM_EXAMPLES)
+        metrics = MetricRecord({
+            **{k: v for k, v in client_metrics.items() if k != wire.NUM_EXAMPLES},
+            **metrics,
+            "num-examples": int(sum(weights)),
+            "global-width": fused.num_global,
+            "support": [int(s) for s in support],
+            "objective": objective,
+        })
+        return arrays, metrics
+
+    def _read(self, message: Message, node: int, server_round: int, expected: set,
+              accepted: Dict[int, GuidePosterior]) -> GuidePosterior:
+        where = f"node {node}"
+        if message.has_error():
+            raise ValueError(f"{where}: the client failed: {message.error.reason}")
+        if node not in expected:
+            raise ValueError(f"{where}: not among the nodes sampled for round {server_round}")
+        if node in accepted:
+            raise ValueError(f"{where}: a second reply in round {server_round}")
+        post = wire.read_reply(message.content, where, server_round, self.max_width, self.max_num_examples)
+        if accepted:
+            _check_same_model(post, next(iter(accepted.values())), where)
+        return post
+
+    def _fuse(self, posts: List[GuidePosterior], weights: List[float]) -> FusedPosterior:
+        if self.fuser is not None:
+            return self.fuser(posts, weights)
+        kwargs = dict(self.fuse_kwargs)
+        if self.prior_scale is not None and "prior" not in kwargs and posts[0].components is not None:
+            kwargs["prior"] = zero_mean_prior(posts[0].components, self.prior_scale)
+        return fuse_posteriors(posts, weights, **kwargs)
+
+
+def _check_same_model(post: GuidePosterior, ref: GuidePosterior, where: str) -> None:
+    """Raise unless ``post`` describes the same model as ``ref`` (up to the number of components)."""
+    for attr in ("component_dims", "sources", "site_families"):
+        if getattr(post, attr) != getattr(ref, attr):
+            raise ValueError(f"{where}: {attr} {getattr(post, attr)} differ from the other replies' "
+                             f"{getattr(ref, attr)}")
+    if set(post.simplex) != set(ref.simplex):
+        raise ValueError(f"{where}: simplex sites {sorted(post.simplex)} differ from {sorted(ref.simplex)}")
+    for name, shape in post.site_shapes.items():
+        other = list(ref.site_shapes[name])
+        if name in post.component_dims:
+            other[post.component_dims[name]] = shape[post.component_dims[name]]
+        if name not in post.simplex and list(shape) != other:
+            raise ValueError(f"{where}, site {name!r}: shape {tuple(shape)}, other replies have {tuple(other)}")
+
+
+def zero_mean_prior(components: Components, scale: float) -> Components:
+    """
+    One prior component ``Normal(0, scale)`` on every field of ``components`` (all
+    :class:`~pyro_fusion.expfam.DiagNormal`), e.g. the ``Normal(0, 1)`` weight prior of a
+    Bayesian network, in the guides' unconstrained space.
+
+    :raises ValueError: naming a field of another family.
+    """
+    fields = {}
+    for name, f in components.fields.items():
+        if not isinstance(f.family, DiagNormal):
+            raise ValueError(f"field {name!r}: prior_scale needs DiagNormal fields, got {f.family!r}; "
+                             f"pass fuse_kwargs={{'prior': ...}} instead")
+        loc = torch.zeros((1,) + tuple(f.family.event_shape), dtype=f.natural.dtype)
+        fields[name] = (f.family, f.family.natural_from_distribution(Normal(loc, scale)).reshape(1, -1))
+    return Components(fields)
