@@ -90,7 +90,8 @@ class SiteLayout:
 
     :ivar dict component_dims: component site -> its component dimension (nonnegative).
     :ivar dict simplex: simplex-indexed site -> ``(axes indexed by component, value)``.
-    :ivar dict site_shapes: site -> shape of its (unconstrained) parameters.
+    :ivar dict site_shapes: site -> shape of its (unconstrained) parameters; for simplex
+        sites, of its (constrained) value.
     :ivar dict sources: site -> ``"autonormal"``, ``"delta"`` or ``"distribution"``.
     :ivar dict site_families: site -> family of its guide distribution (batch over the shape).
     """
@@ -130,7 +131,7 @@ class GuidePosterior(SiteLayout):
     def load(cls, path: str) -> "GuidePosterior":
         from .io import load_posterior
 
-        return load_posterior(path)
+        return load_posterior(path, kind="guide_posterior")
 
 
 NON_MEAN_FIELD_HINT = (
@@ -307,7 +308,7 @@ def extract(
     for name, est in estimates.items():
         if name in exclude:
             continue
-        shapes[name] = est.batch_shape
+        shapes[name] = est.value.shape if name in simplex else est.batch_shape
         sources[name] = est.source
         families[name] = est.family
         if name in simplex:

@@ -176,15 +176,15 @@ class FusedPosterior(SiteLayout):
 
     def save(self, path: str) -> None:
         """Save as plain tensors + JSON (safetensors); no pickle."""
-        from .io import save_fused
+        from .io import save_posterior
 
-        save_fused(self, path)
+        save_posterior(self, path)
 
     @classmethod
     def load(cls, path: str) -> "FusedPosterior":
-        from .io import load_fused
+        from .io import load_posterior
 
-        return load_fused(path)
+        return load_posterior(path, kind="fused_posterior")
 
 
 def _same_storage(a: Tensor, b: Tensor) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,14 +21,15 @@ FORMAT = "pyro_fusion"
 VERSION = 1
 
 
-def save_groups(
-    path: str, groups: Mapping[str, Components], metadata: Mapping[str, Any] = None,
+def encode_groups(
+    groups: Mapping[str, Components],
+    metadata: Mapping[str, Any] = None,
     tensors: Mapping[str, torch.Tensor] = None,
-) -> None:
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """
-    Save groups of components (and optional extra tensors) as one safetensors file.
+    Groups of components (and extra tensors) as plain tensors keyed ``"<group>/<field>"``
+    and ``"extra/<name>"``, plus the JSON-serialisable header describing them.
 
-    :param str path: file to write.
     :param dict groups: group name -> :class:`Components`.
     :param dict metadata: JSON-serialisable extra metadata.
     :param dict tensors: extra plain tensors, stored under ``"extra/<name>"``.
@@ -44,15 +45,22 @@ def save_groups(
             fields[group][name] = f.family.spec()
     for name, t in (tensors or {}).items():
         out[f"extra/{name}"] = torch.as_tensor(t).detach().contiguous().cpu()
-    header = {"format": FORMAT, "version": VERSION, "groups": fields, "metadata": dict(metadata or {})}
+    return out, {"format": FORMAT, "version": VERSION, "groups": fields, "metadata": dict(metadata or {})}
+
+
+def save_groups(
+    path: str, groups: Mapping[str, Components], metadata: Mapping[str, Any] = None,
+    tensors: Mapping[str, torch.Tensor] = None,
+) -> None:
+    """Save :func:`encode_groups` as one safetensors file (the header as its metadata)."""
+    out, header = encode_groups(groups, metadata, tensors)
     save_file(out, path, metadata={FORMAT: json.dumps(header)})
 
 
-def load_groups(path: str) -> Tuple[Dict[str, Components], Dict[str, torch.Tensor], Dict[str, Any]]:
+def read_file(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """
-    Load a file written by :func:`save_groups`.
+    The tensors and header of a pyro_fusion safetensors file.
 
-    :returns: ``(groups, extra tensors, metadata)``.
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises ValueError: naming ``path`` if it is not such a file (e.g. a pickle).
     """
@@ -70,15 +78,35 @@ def load_groups(path: str) -> Tuple[Dict[str, Components], Dict[str, torch.Tenso
         raise ValueError(f"{path}: safetensors file without pyro_fusion metadata")
     try:
         header = json.loads(raw)
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise ValueError(f"unsupported format/version {header.get('format')}/{header.get('version')}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: metadata is not JSON ({e})") from None
+    _check_version(header, path)
+    return tensors, header
+
+
+def _check_version(header: Any, where: str) -> None:
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        got = (header.get("format"), header.get("version")) if isinstance(header, dict) else header
+        raise ValueError(f"{where}: unsupported format/version {got}, expected {FORMAT}/{VERSION}")
+
+
+def load_groups(path: str) -> Tuple[Dict[str, Components], Dict[str, torch.Tensor], Dict[str, Any]]:
+    """
+    Load a file written by :func:`save_groups`.
+
+    :returns: ``(groups, extra tensors, metadata)``.
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises ValueError: naming ``path`` if it is not such a file (e.g. a pickle).
+    """
+    tensors, header = read_file(path)
+    try:
         groups = {}
         for group, specs in header["groups"].items():
             groups[group] = Components(
                 {name: (family_from_spec(spec), tensors[f"{group}/{name}"]) for name, spec in specs.items()}
             )
             groups[group].check(f"{path}, group {group!r}")
-    except (KeyError, TypeError, json.JSONDecodeError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(f"{path}: malformed pyro_fusion file: {e}") from None
     extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
     return groups, extra, header["metadata"]
@@ -159,6 +187,9 @@ def load_result(path: str):
     return _read_result(path, groups["global"], extra, meta)
 
 
+_FLOATS = (torch.float32, torch.float64)
+
+
 def _site_metadata(post) -> Dict[str, Any]:
     return {
         "component_dims": post.component_dims,
@@ -169,76 +200,184 @@ def _site_metadata(post) -> Dict[str, Any]:
     }
 
 
-def _read_sites(path: str, extra, meta) -> Dict[str, Any]:
+def encode_posterior(post) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """
+    A :class:`~pyro_fusion.extract.GuidePosterior` (kind ``"guide_posterior"``) or
+    :class:`~pyro_fusion.fused.FusedPosterior` (kind ``"fused_posterior"``) as plain tensors
+    and a JSON-serialisable header: the one exchange format of files and of
+    :mod:`pyro_fusion.flower` messages. Inverse of :func:`decode_posterior`.
+    """
+    from .extract import GuidePosterior
+    from .fused import FusedPosterior
+
+    tensors = {f"simplex/{n}": v for n, (_, v) in post.simplex.items()}
+    groups = {} if post.shared is None else {"shared": post.shared}
+    if isinstance(post, FusedPosterior):
+        meta = {"kind": "fused_posterior", **_site_metadata(post)}
+        if post.result is not None:
+            meta["result"] = _result_metadata(post.result)
+            tensors.update(_result_tensors(post.result))
+            groups["global"] = post.result.components
+    elif isinstance(post, GuidePosterior):
+        meta = {"kind": "guide_posterior", "weight": post.weight, **_site_metadata(post)}
+        if post.components is not None:
+            groups["components"] = post.components
+    else:
+        raise ValueError(f"expected a GuidePosterior or FusedPosterior, got {type(post).__name__}")
+    return encode_groups(groups, meta, tensors)
+
+
+def decode_posterior(
+    tensors: Mapping[str, torch.Tensor],
+    header: Mapping[str, Any],
+    where: str,
+    kind: Optional[str] = None,
+    max_width: Optional[int] = None,
+):
+    """
+    Validate and decode what :func:`encode_posterior` produced, e.g. a file or message from
+    another party. Checks the format and version, the kind, that the declared fields are
+    exactly those the sites need with the families the sites imply, the set of tensors,
+    each tensor's dtype and shape (at most ``max_width`` components), finite values,
+    natural parameters inside their family's domain, nonnegative simplex values and global
+    indices in range. Nothing is coerced.
+
+    :param dict tensors: the tensors, keyed as by :func:`encode_groups`.
+    :param dict header: the header.
+    :param str where: how errors name the source (a path, ``"node 17"``, ...).
+    :param str kind: ``"guide_posterior"`` or ``"fused_posterior"``; None accepts either.
+    :param int max_width: the largest number of components accepted.
+    :raises ValueError: naming ``where`` and the first problem found.
+    """
+    from .extract import GuidePosterior
+    from .fused import FusedPosterior
+
+    _check_version(header, where)
     try:
-        return {
-            "component_dims": {n: int(d) for n, d in meta["component_dims"].items()},
-            "simplex": {
-                n: (tuple(axes), extra[f"simplex/{n}"]) for n, axes in meta["simplex_axes"].items()
-            },
-            "site_shapes": {n: torch.Size(s) for n, s in meta["site_shapes"].items()},
-            "sources": dict(meta["sources"]),
-            "site_families": {n: family_from_spec(s) for n, s in meta["site_families"].items()},
-        }
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: malformed site metadata: {e}") from None
+        meta = header["metadata"]
+        got_kind = meta.get("kind")
+        if got_kind not in ("guide_posterior", "fused_posterior") or (kind is not None and got_kind != kind):
+            raise ValueError(f"holds a {got_kind!r}, expected a {kind or 'posterior'!r}")
+        sites = _read_sites(meta)
+        specs = header["groups"]
+        result_meta = meta.get("result")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"{where}: malformed header: {e}") from None
+    names = set(sites["site_shapes"])
+    if set(sites["sources"]) != names or set(sites["site_families"]) != names:
+        raise ValueError(f"{where}: sources/families do not cover the sites {sorted(names)}")
+    comp_sites = set(sites["component_dims"])
+    simplex_axes = sites.pop("simplex_axes")
+    shared_sites = names - comp_sites - set(simplex_axes)
+    comp_group = "global" if got_kind == "fused_posterior" else "components"
+    wanted = {g: s for g, s in (("shared", shared_sites), (comp_group, comp_sites)) if s}
+    declared = {g: set(f) for g, f in specs.items()} if isinstance(specs, dict) else specs
+    if declared != wanted:
+        raise ValueError(f"{where}: header declares fields {_sorted(declared)}, the sites need {_sorted(wanted)}")
+    widths = {sites["site_shapes"][n][d] for n, d in sites["component_dims"].items()
+              if 0 <= d < len(sites["site_shapes"][n])}
+    if len(widths) != (1 if comp_sites else 0):
+        raise ValueError(f"{where}: component sites disagree on the number of components {sorted(widths)}")
+    width = widths.pop() if widths else 1
+    if comp_sites and not 1 <= width <= (max_width or width):
+        raise ValueError(f"{where}: {width} components, allowed 1..{max_width}")
 
-
-def _site_groups(post, components_key: str, components) -> Dict[str, Components]:
+    expected: Dict[str, Tuple[Optional[Tuple[int, ...]], Tuple[torch.dtype, ...]]] = {}
+    families: Dict[str, Dict[str, Any]] = {}
+    for group, fields in specs.items():
+        families[group] = {}
+        for name, spec in fields.items():
+            try:
+                family = family_from_spec(spec)
+                want = _field_family(sites, name, group)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{where}, field {group}/{name}: bad family spec {spec} ({e})") from None
+            if family != want:
+                raise ValueError(f"{where}, field {group}/{name}: declared {family!r}, its site needs {want!r}")
+            families[group][name] = family
+            expected[f"{group}/{name}"] = ((1 if group == "shared" else width, family.dim), _FLOATS)
+    for name in simplex_axes:
+        expected[f"extra/simplex/{name}"] = (tuple(sites["site_shapes"][name]), _FLOATS)
+    if result_meta is not None:
+        num_clients = result_meta.get("num_clients") if isinstance(result_meta, dict) else None
+        if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+            raise ValueError(f"{where}: malformed fusion result metadata")
+        for j in range(num_clients):
+            expected[f"extra/assignment/{j}"] = (None, (torch.int64,))
+        expected["extra/support"] = ((width,), (torch.int64,))
+        expected["extra/objective"] = (None, (torch.float64,))
+    if set(tensors) != set(expected):
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise ValueError(f"{where}: unexpected tensors (missing {missing}, unexpected {unexpected})")
+    for key, (shape, dtypes) in expected.items():
+        t = tensors[key]
+        if t.dtype not in dtypes:
+            raise ValueError(f"{where}, tensor {key!r}: dtype {t.dtype}, expected one of {list(dtypes)}")
+        if (shape is None and t.dim() != 1) or (shape is not None and tuple(t.shape) != tuple(shape)):
+            raise ValueError(f"{where}, tensor {key!r}: shape {tuple(t.shape)}, expected {shape or 'a vector'}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{where}, tensor {key!r}: contains NaN or inf")
     groups = {}
-    if components is not None:
-        groups[components_key] = components
-    if post.shared is not None:
-        groups["shared"] = post.shared
-    return groups
+    for group, fields in families.items():
+        groups[group] = Components({n: (fam, tensors[f"{group}/{n}"]) for n, fam in fields.items()})
+        groups[group].check(f"{where}, group {group!r}")
+    for name, axes in simplex_axes.items():
+        value = tensors[f"extra/simplex/{name}"]
+        if (value < 0).any():
+            raise ValueError(f"{where}, simplex site {name!r}: negative probabilities")
+        sites.setdefault("simplex", {})[name] = (axes, value)
+    sites.setdefault("simplex", {})
+    for j in range(result_meta["num_clients"] if result_meta is not None else 0):
+        a = tensors[f"extra/assignment/{j}"]
+        if ((a < 0) | (a >= width)).any():
+            raise ValueError(f"{where}, assignment of client {j}: global indices outside 0..{width - 1}")
+    if got_kind == "guide_posterior":
+        weight = meta.get("weight")
+        if weight is not None and not (isinstance(weight, (int, float)) and weight > 0):
+            raise ValueError(f"{where}: weight must be a positive number, got {weight!r}")
+        return GuidePosterior(components=groups.get("components"), shared=groups.get("shared"), weight=weight, **sites)
+    result = None
+    if result_meta is not None:
+        extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
+        result = _read_result(where, groups["global"], extra, result_meta)
+    return FusedPosterior(result=result, shared=groups.get("shared"), **sites)
+
+
+def _read_sites(meta: Mapping[str, Any]) -> Dict[str, Any]:
+    return {
+        "component_dims": {n: int(d) for n, d in meta["component_dims"].items()},
+        "simplex_axes": {n: tuple(int(a) for a in axes) for n, axes in meta["simplex_axes"].items()},
+        "site_shapes": {n: torch.Size(s) for n, s in meta["site_shapes"].items()},
+        "sources": dict(meta["sources"]),
+        "site_families": {n: family_from_spec(s) for n, s in meta["site_families"].items()},
+    }
+
+
+def _field_family(sites: Mapping[str, Any], name: str, group: str):
+    """The family a field must have: the site's family with the site's other dims in its event."""
+    shape = list(sites["site_shapes"][name])
+    if group != "shared":
+        del shape[sites["component_dims"][name]]
+    spec = sites["site_families"][name].spec()
+    spec["event_shape"] = shape + list(spec["event_shape"])
+    return family_from_spec(spec)
+
+
+def _sorted(groups) -> Any:
+    return {g: sorted(s) for g, s in sorted(groups.items())} if isinstance(groups, dict) else groups
 
 
 def save_posterior(post, path: str) -> None:
     """
-    Save one client's :class:`~pyro_fusion.extract.GuidePosterior` for exchange: plain
-    tensors + JSON, readable without the model; see :func:`load_posterior`.
+    Save a client's :class:`~pyro_fusion.extract.GuidePosterior` or a
+    :class:`~pyro_fusion.fused.FusedPosterior`: plain tensors + JSON, readable without the
+    model (see :func:`encode_posterior`).
     """
-    meta = {"kind": "guide_posterior", "weight": post.weight, **_site_metadata(post)}
-    tensors = {f"simplex/{n}": v for n, (_, v) in post.simplex.items()}
-    save_groups(path, _site_groups(post, "components", post.components), meta, tensors)
+    tensors, header = encode_posterior(post)
+    save_file(tensors, path, metadata={FORMAT: json.dumps(header)})
 
 
-def load_posterior(path: str):
-    """Load a :class:`~pyro_fusion.extract.GuidePosterior` saved by :func:`save_posterior`."""
-    from .extract import GuidePosterior
-
-    groups, extra, meta = load_groups(path)
-    if meta.get("kind") != "guide_posterior":
-        raise ValueError(f"{path}: not a saved client posterior (kind {meta.get('kind')!r})")
-    return GuidePosterior(
-        components=groups.get("components"),
-        shared=groups.get("shared"),
-        weight=meta.get("weight"),
-        **_read_sites(path, extra, meta),
-    )
-
-
-def save_fused(fused, path: str) -> None:
-    """Save a :class:`~pyro_fusion.fused.FusedPosterior`; see :func:`load_fused`."""
-    result = fused.result
-    meta = {"kind": "fused_posterior", **_site_metadata(fused)}
-    tensors = {f"simplex/{n}": v for n, (_, v) in fused.simplex.items()}
-    if result is not None:
-        meta["result"] = _result_metadata(result)
-        tensors.update(_result_tensors(result))
-    save_groups(path, _site_groups(fused, "global", None if result is None else result.components), meta, tensors)
-
-
-def load_fused(path: str):
-    """Load a :class:`~pyro_fusion.fused.FusedPosterior` saved by :func:`save_fused`."""
-    from .fused import FusedPosterior
-
-    groups, extra, meta = load_groups(path)
-    if meta.get("kind") != "fused_posterior":
-        raise ValueError(f"{path}: not a saved fused posterior (kind {meta.get('kind')!r})")
-    result = None
-    if "result" in meta:
-        if "global" not in groups:
-            raise ValueError(f"{path}: fused posterior without global components")
-        result = _read_result(path, groups["global"], extra, meta["result"])
-    return FusedPosterior(result=result, shared=groups.get("shared"), **_read_sites(path, extra, meta))
+def load_posterior(path: str, kind: str = "guide_posterior", max_width: Optional[int] = None):
+    """Load and validate a file written by :func:`save_posterior` (see :func:`decode_posterior`)."""
+    tensors, header = read_file(path)
+    return decode_posterior(tensors, header, path, kind, max_width)
