@@ -1,0 +1,596 @@
+"""
+Latent Dirichlet allocation in Pyro, trained by stochastic variational inference in minibatches, with two
+guides for the topics.
+
+Model (K topics over a vocabulary of V words, D documents)::
+
+    topic_words[k] ~ Dirichlet(topic_prior * 1_V)    k = 1..K   (site "topic_words", plate "topics")
+    doc_topics[d]  ~ Dirichlet(doc_prior * 1_K)      d = 1..D   (site "doc_topics", plate "documents")
+    counts[d]      ~ Multinomial(doc_topics[d] @ topic_words)   (factor "words")
+
+The per-word topic assignments are summed out exactly: a word's probability in document ``d`` is
+``sum_k doc_topics[d, k] * topic_words[k, w]``; the likelihood is evaluated on the nonzero counts only (a
+``pyro.factor``, up to the constant multinomial coefficient).
+
+Guides for the topics:
+
+- :meth:`LDA.dirichlet_guide`: the classic mean-field guide, ``topic_words[k] ~ Dirichlet(topic_concentration[k])``
+  with ``topic_concentration`` a positive ``pyro.param``;
+- :meth:`LDA.autonormal_guide`: an :class:`~pyro.infer.autoguide.AutoNormal` on ``topic_words`` (a diagonal Normal
+  in the unconstrained stick-breaking space of the simplex).
+
+Local (per-document) topic proportions: with Pyro's SVI (Adam) they are **amortized** by a small
+:class:`DocumentEncoder` that reads a document through the current topics (``K`` features, so its cost does not
+grow with the vocabulary); with the natural-gradient step (Hoffman et al., 2013; the default for the Dirichlet
+guide) they are **fitted** per minibatch by closed-form coordinate ascent (:func:`fit_doc_topics`).
+
+Evaluation (:func:`document_completion`, :func:`umass_coherence`) needs only a topic-word matrix, so local,
+naively averaged, fused and pooled models are all scored by the same procedure.
+
+Performance note: the matrix products are small; on a loaded 2-core machine ``torch.set_num_threads(1)`` is
+much faster than two threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoGuideList, AutoNormal, init_to_feasible
+from pyro.nn import PyroParam
+from pyro.optim import ClippedAdam
+from torch import Tensor, nn
+
+_TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """
+    A bag-of-words corpus: dense word counts, the vocabulary, and an optional label per document.
+
+    Example::
+
+        >>> c = Corpus(torch.tensor([[2., 0., 1.], [0., 3., 0.]]), ("apple", "pear", "plum"))
+        >>> c.restrict_vocabulary().vocab
+        ('apple', 'pear', 'plum')
+        >>> c.subset(torch.tensor([1])).restrict_vocabulary().vocab
+        ('pear',)
+
+    :param Tensor counts: word counts ``[D, V]`` (float).
+    :param tuple vocab: the ``V`` words, in column order.
+    :param Tensor labels: optional ``LongTensor [D]`` (e.g. the genre of each document).
+    :param tuple label_names: names of the label values.
+    """
+
+    counts: Tensor
+    vocab: Tuple[str, ...]
+    labels: Optional[Tensor] = None
+    label_names: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.counts.dim() != 2 or self.counts.shape[1] != len(self.vocab):
+            raise ValueError(
+                f"counts of shape {tuple(self.counts.shape)} do not match a vocabulary of {len(self.vocab)} words"
+            )
+        if len(set(self.vocab)) != len(self.vocab):
+            raise ValueError("the vocabulary has repeated words")
+        if self.labels is not None and self.labels.shape != self.counts.shape[:1]:
+            raise ValueError(f"labels of shape {tuple(self.labels.shape)} for {len(self.counts)} documents")
+
+    def __len__(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def num_words(self) -> int:
+        """Total number of word tokens."""
+        return int(self.counts.sum())
+
+    def subset(self, index: Tensor) -> "Corpus":
+        """The documents ``index`` (same vocabulary)."""
+        labels = None if self.labels is None else self.labels[index]
+        return Corpus(self.counts[index], self.vocab, labels, self.label_names)
+
+    def restrict_vocabulary(self) -> "Corpus":
+        """Drop the words that occur in no document (a client's own vocabulary)."""
+        keep = (self.counts.sum(0) > 0).nonzero().squeeze(-1)
+        return Corpus(
+            self.counts[:, keep], tuple(self.vocab[i] for i in keep.tolist()), self.labels, self.label_names
+        )
+
+    def reindex(self, vocab: Sequence[str]) -> "Corpus":
+        """The same documents over another vocabulary; words absent from ``vocab`` are dropped."""
+        vocab = tuple(vocab)
+        position = {w: i for i, w in enumerate(vocab)}
+        src = [i for i, w in enumerate(self.vocab) if w in position]
+        dst = [position[self.vocab[i]] for i in src]
+        counts = self.counts.new_zeros(len(self), len(vocab))
+        counts[:, dst] = self.counts[:, src]
+        return Corpus(counts, vocab, self.labels, self.label_names)
+
+
+class DocumentEncoder(nn.Module):
+    """
+    Amortized posterior of a document's topic proportions. Its input is the document's average expected
+    log-probability under each topic, ``f[d, k] = sum_w counts[d, w] E[log topics[k, w]] / n_d`` (``[B, K]``,
+    cheap and vocabulary-free), and ``log n_d``; its output is the Dirichlet concentration
+    ``doc_prior + n_d * sigmoid(s_d) * softmax(logits_d)``, the shape of a conjugate posterior that has seen
+    ``sigmoid(s_d) * n_d`` words.
+
+    :param int num_topics: K.
+    :param float doc_prior: the prior concentration (added to the output).
+    :param int hidden: width of the hidden layer.
+    """
+
+    def __init__(self, num_topics: int, doc_prior: float, hidden: int = 64):
+        super().__init__()
+        self.doc_prior = doc_prior
+        self.hidden = nn.Linear(num_topics + 1, hidden)
+        self.out = nn.Linear(hidden, num_topics + 1)
+
+    def forward(self, counts: Tensor, log_topics: Tensor) -> Tensor:
+        """
+        :param Tensor counts: word counts ``[B, V]``.
+        :param Tensor log_topics: expected log topic-word probabilities ``[K, V]``.
+        :returns: concentrations ``[B, K]``.
+        """
+        length = counts.sum(-1, keepdim=True).clamp_min(1.0)
+        f = (counts / length) @ log_topics.T
+        f = f - f.mean(-1, keepdim=True)
+        h = nn.functional.softplus(self.hidden(torch.cat([f, length.log()], -1)))
+        out = self.out(h)
+        logits, s = out[:, :-1], out[:, -1:]
+        return self.doc_prior + length * torch.sigmoid(s) * torch.softmax(logits, -1)
+
+
+class LDA(nn.Module):
+    """
+    Latent Dirichlet allocation with an amortized guide for the documents' topic proportions.
+
+    Parameters live in Pyro's param store under ``name`` (``"{name}.topic_concentration"``,
+    ``"{name}.encoder$$$..."``), so several clients' models can be trained in one process; the AutoNormal
+    guide's parameters are named by Pyro (``"AutoGuideList.0.locs.topic_words"``, ...), so train clients that use
+    it one after another. After :meth:`fit`, the topic posterior is kept (detached) by the model, see
+    :meth:`topic_posterior`.
+
+    Example::
+
+        >>> corpus = Corpus(torch.randint(0, 3, (20, 30)).float(), tuple(f"w{i}" for i in range(30)))
+        >>> lda = LDA(num_topics=3, vocab=corpus.vocab)
+        >>> losses = lda.fit(corpus, num_steps=5)
+        >>> lda.topic_word_matrix().shape
+        torch.Size([3, 30])
+
+    :param int num_topics: K.
+    :param vocab: the vocabulary (sequence of V distinct words).
+    :param float topic_prior: symmetric Dirichlet concentration of each topic's word distribution.
+    :param float doc_prior: symmetric Dirichlet concentration of a document's topic proportions
+        (default ``1 / K``).
+    :param int hidden: width of the encoder's hidden layer.
+    :param str name: prefix of the model's parameter names.
+    """
+
+    def __init__(
+        self,
+        num_topics: int,
+        vocab: Sequence[str],
+        topic_prior: float = 0.05,
+        doc_prior: Optional[float] = None,
+        hidden: int = 64,
+        name: str = "lda",
+    ):
+        super().__init__()
+        if num_topics < 1:
+            raise ValueError(f"num_topics must be positive, got {num_topics}")
+        if not topic_prior > 0:
+            raise ValueError(f"topic_prior must be positive, got {topic_prior}")
+        if len(vocab) < 2:
+            raise ValueError(f"the vocabulary needs at least 2 words, got {len(vocab)}")
+        self.num_topics = num_topics
+        self.vocab = tuple(vocab)
+        self.topic_prior = float(topic_prior)
+        self.doc_prior = float(doc_prior) if doc_prior is not None else 1.0 / num_topics
+        self.name = name
+        self.encoder = DocumentEncoder(num_topics, self.doc_prior, hidden)
+        self.guide: Optional[Callable] = None
+        self._posterior: Optional[torch.distributions.Distribution] = None
+        self._init_topics: Optional[Tensor] = None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def topic_prior_distribution(self) -> dist.Dirichlet:
+        """The prior of every topic, ``Dirichlet(topic_prior * 1_V)`` with batch shape ``[K]``."""
+        return dist.Dirichlet(torch.full((self.num_topics, self.vocab_size), self.topic_prior))
+
+    def topic_model(self, *args, **kwargs) -> Tensor:
+        """The global part of :meth:`model`: the topics' prior (site ``topic_words``, plate ``topics``)."""
+        with pyro.plate("topics", self.num_topics):
+            return pyro.sample("topic_words", self.topic_prior_distribution())
+
+    def model(self, counts: Tensor, num_docs: Optional[int] = None) -> None:
+        """
+        :param Tensor counts: a minibatch of word counts ``[B, V]``.
+        :param int num_docs: size of the whole corpus (scales the minibatch); default ``B``.
+        """
+        batch = counts.shape[0]
+        topics = self.topic_model()
+        doc, word = counts.nonzero(as_tuple=True)
+        with pyro.plate("documents", num_docs or batch, subsample=torch.arange(batch)):
+            doc_topics = pyro.sample(
+                "doc_topics", dist.Dirichlet(counts.new_full((batch, self.num_topics), self.doc_prior))
+            )
+            # multinomial log-likelihood over the nonzero counts, up to the constant multinomial coefficient
+            probs = (doc_topics[doc] * topics[:, word].T).sum(-1).clamp_min(_TINY)
+            pyro.factor("words", counts.new_zeros(batch).index_add(0, doc, counts[doc, word] * probs.log()))
+
+    def local_guide(self, counts: Tensor, num_docs: Optional[int], log_topics: Tensor) -> None:
+        """
+        The amortized guide of the documents' topic proportions (site ``doc_topics``), given the current
+        expected log topics ``[K, V]`` (held fixed: the encoder does not move the topics).
+        """
+        pyro.module(f"{self.name}.encoder", self.encoder)
+        batch = counts.shape[0]
+        with pyro.plate("documents", num_docs or batch, subsample=torch.arange(batch)):
+            pyro.sample("doc_topics", dist.Dirichlet(self.encoder(counts, log_topics.detach())))
+
+    def dirichlet_guide(self, counts: Tensor, num_docs: Optional[int] = None) -> None:
+        """
+        Mean-field guide: ``topic_words[k] ~ Dirichlet(topic_concentration[k])`` (param
+        ``"{name}.topic_concentration"``, ``[K, V]``, constraint positive) and the amortized :meth:`local_guide`.
+        """
+        concentration = pyro.param(
+            f"{self.name}.topic_concentration",
+            lambda: self.initial_concentration(counts),
+            constraint=dist.constraints.positive,
+        )
+        with pyro.plate("topics", self.num_topics):
+            pyro.sample("topic_words", dist.Dirichlet(concentration))
+        log_topics = expected_log(concentration)
+        self.local_guide(counts, num_docs, log_topics)
+
+    def autonormal_guide(self, init_scale: float = 0.05) -> AutoGuideList:
+        """
+        :class:`~pyro.infer.autoguide.AutoGuideList` of an :class:`~pyro.infer.autoguide.AutoNormal` over
+        ``topic_words`` (unconstrained stick-breaking space, ``[K, V-1]``) and the amortized :meth:`local_guide`
+        (fed with the log of the AutoNormal's median topics). Its topics start at the mean of
+        :meth:`initial_concentration` once :meth:`fit` has seen the corpus.
+        """
+        guide = AutoGuideList(self.topic_model)  # the local part brings its own "documents" plate
+        autonormal = AutoNormal(self.topic_model, init_loc_fn=self._autonormal_init, init_scale=init_scale)
+        guide.append(autonormal)
+
+        def local(counts: Tensor, num_docs: Optional[int] = None) -> None:
+            log_topics = autonormal.median()["topic_words"].clamp_min(_TINY).log()
+            self.local_guide(counts, num_docs, log_topics)
+
+        guide.append(local)
+        return guide
+
+    def _autonormal_init(self, site: dict) -> Tensor:
+        if site["name"] == "topic_words" and self._init_topics is not None:
+            return self._init_topics
+        return init_to_feasible(site)
+
+    def initial_concentration(self, counts: Tensor, num_iters: int = 10) -> Tensor:
+        """
+        Starting topics ``[K, V]``: the documents are clustered into K groups by spherical k-means on
+        square-root word frequencies, and topic k starts at the prior plus the word counts of group k
+        (randomly perturbed, so that an empty or repeated group still gives distinct topics).
+        """
+        x = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
+        x = x.sqrt()
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(_TINY)
+        centers = x[torch.randperm(len(x))[: self.num_topics]]
+        if len(centers) < self.num_topics:  # fewer documents than topics
+            centers = torch.cat([centers, x[torch.randint(len(x), (self.num_topics - len(centers),))]])
+        for _ in range(num_iters):
+            group = (x @ centers.T).argmax(-1)
+            onehot = nn.functional.one_hot(group, self.num_topics).to(x.dtype)
+            summed = onehot.T @ x
+            filled = summed.norm(dim=-1, keepdim=True) > 0
+            centers = torch.where(
+                filled, summed / summed.norm(dim=-1, keepdim=True).clamp_min(_TINY), centers
+            )
+        noise = torch.distributions.Gamma(10.0, 10.0).sample((self.num_topics, self.vocab_size))
+        base = counts.sum(0) / self.num_topics
+        return self.topic_prior + noise * (onehot.T @ counts + 0.1 * base)
+
+    def fit(
+        self,
+        corpus: Corpus,
+        guide: Optional[Callable] = None,
+        num_steps: int = 200,
+        batch_size: int = 64,
+        lr: Optional[float] = None,
+        natural_gradient: Optional[bool] = None,
+        seed: Optional[int] = None,
+    ) -> list:
+        """
+        Train on random minibatches, then keep the topic posterior (:meth:`topic_posterior`).
+
+        Two stochastic variational inference schemes, both maximizing the mean-field ELBO on minibatches:
+
+        - ``natural_gradient=True`` (default for :meth:`dirichlet_guide`): the conjugate natural-gradient step
+          of Hoffman et al. (2013): the minibatch's topic proportions are fitted by coordinate ascent under
+          ``E[log topics]`` (local parameters fitted, not amortized), then
+          ``topic_concentration <- (1 - rho) topic_concentration + rho (topic_prior + D / B * expected counts)``
+          with ``rho = (1 + t) ** -lr`` (``lr`` is the decay exponent, default 0.6). Fast and stable.
+        - ``natural_gradient=False`` (the only choice for :meth:`autonormal_guide`): Pyro's
+          :class:`~pyro.infer.SVI` with :class:`~pyro.infer.TraceMeanField_ELBO` and clipped Adam
+          (learning rate ``lr``, default 0.02), with the amortized :class:`DocumentEncoder` for the topic
+          proportions.
+
+        :param Corpus corpus: training documents over this model's vocabulary.
+        :param guide: :meth:`dirichlet_guide` (default) or the result of :meth:`autonormal_guide`.
+        :param int num_steps: number of minibatch steps.
+        :param int batch_size: documents per step.
+        :param float lr: see above.
+        :param bool natural_gradient: see above.
+        :param int seed: optional RNG seed.
+        :returns: per step, the minibatch's loss per word (negative ELBO estimate for Adam; negative
+            log-likelihood with fitted proportions for the natural-gradient step).
+        """
+        if corpus.vocab != self.vocab:
+            raise ValueError(
+                f"LDA {self.name!r}: the corpus' vocabulary differs from the model's; use Corpus.reindex"
+            )
+        if len(corpus) == 0 or corpus.num_words == 0:
+            raise ValueError(f"LDA {self.name!r}: cannot fit an empty corpus")
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        self.guide = self.dirichlet_guide if guide is None else guide
+        is_dirichlet = self.guide == self.dirichlet_guide
+        if natural_gradient is None:
+            natural_gradient = is_dirichlet
+        if natural_gradient and not is_dirichlet:
+            raise ValueError("the natural-gradient step needs the Dirichlet guide (dirichlet_guide)")
+        counts = corpus.counts
+        num_docs = len(corpus)
+        batch_size = min(batch_size, num_docs)
+        if self._init_topics is None:
+            init = self.initial_concentration(counts)
+            self._init_topics = init / init.sum(-1, keepdim=True)
+        with pyro.validation_enabled(False):  # inputs were checked above; skip per-step checks
+            self.guide(counts, num_docs)  # set the parameters up from the whole corpus
+            if natural_gradient:
+                losses = self._fit_natural(counts, num_steps, batch_size, 0.6 if lr is None else lr)
+            else:
+                optim = ClippedAdam({"lr": 0.02 if lr is None else lr, "clip_norm": 10.0})
+                svi = SVI(self.model, self.guide, optim, TraceMeanField_ELBO())
+                losses = []
+                for _ in range(num_steps):
+                    batch = counts[torch.randperm(num_docs)[:batch_size]]
+                    losses.append(svi.step(batch, num_docs) / corpus.num_words)
+        self._posterior = self._read_topic_posterior()
+        return losses
+
+    def _fit_natural(self, counts: Tensor, num_steps: int, batch_size: int, decay: float) -> list:
+        name = f"{self.name}.topic_concentration"
+        store = pyro.get_param_store()
+        concentration = pyro.param(name).detach()
+        num_docs = counts.shape[0]
+        losses = []
+        for t in range(num_steps):
+            batch = counts[torch.randperm(num_docs)[:batch_size]]
+            exp_log_topics = expected_log(concentration).exp()
+            doc_concentration, ratio = fit_doc_topics(exp_log_topics, batch, self.doc_prior)
+            exp_log_doc = expected_log(doc_concentration).exp()
+            expected_counts = exp_log_topics * (exp_log_doc.T @ ratio)
+            rho = (1.0 + t) ** -decay
+            target = self.topic_prior + expected_counts * (num_docs / batch.shape[0])
+            concentration = (1 - rho) * concentration + rho * target
+            theta = doc_concentration / doc_concentration.sum(-1, keepdim=True)
+            topics = concentration / concentration.sum(-1, keepdim=True)
+            losses.append(float(-(batch * (theta @ topics).clamp_min(_TINY).log()).sum() / batch.sum()))
+        store[name] = concentration
+        return losses
+
+    def _read_topic_posterior(self) -> torch.distributions.Distribution:
+        if self.guide == self.dirichlet_guide:
+            return dist.Dirichlet(pyro.param(f"{self.name}.topic_concentration").detach().clone())
+        autonormal = self.guide[0]
+        loc, scale = autonormal.locs.topic_words, autonormal.scales.topic_words
+        return dist.Normal(loc.detach().clone(), scale.detach().clone())
+
+    def load_topic_posterior(self, posterior: torch.distributions.Distribution) -> None:
+        """
+        Set the guide's topics to ``posterior`` (e.g. a fused one): a ``Dirichlet`` ``[K, V]`` fills param
+        ``"{name}.topic_concentration"`` of :meth:`dirichlet_guide`; a ``Normal`` ``[K, V-1]`` (unconstrained
+        coordinates) becomes the locs and scales of a new :meth:`autonormal_guide`. Further :meth:`fit` calls
+        continue from there (warm start).
+        """
+        base = posterior.base_dist if isinstance(posterior, torch.distributions.Independent) else posterior
+        shape = (self.num_topics, self.vocab_size)
+        if isinstance(base, torch.distributions.Dirichlet):
+            concentration = base.concentration.detach().clone()
+            if concentration.shape != shape:
+                raise ValueError(
+                    f"LDA {self.name!r}: expected concentrations {shape}, got {tuple(concentration.shape)}"
+                )
+            store = pyro.get_param_store()
+            name = f"{self.name}.topic_concentration"
+            if name in store:
+                del store[name]
+            pyro.param(name, concentration.clone(), constraint=dist.constraints.positive)
+            self.guide = self.dirichlet_guide
+            self._posterior = dist.Dirichlet(concentration)
+        elif isinstance(base, torch.distributions.Normal):
+            loc, scale = base.loc.detach().clone(), base.scale.detach().clone()
+            if loc.shape != (self.num_topics, self.vocab_size - 1):
+                raise ValueError(
+                    f"LDA {self.name!r}: expected unconstrained locs {(self.num_topics, self.vocab_size - 1)}, "
+                    f"got {tuple(loc.shape)}"
+                )
+            guide = self.autonormal_guide()
+            guide(torch.zeros(1, self.vocab_size))  # set the AutoNormal up, then replace its parameters
+            autonormal = guide[0]
+            autonormal.locs.topic_words = PyroParam(loc.clone(), dist.constraints.real, event_dim=1)
+            autonormal.scales.topic_words = PyroParam(scale.clone(), autonormal.scale_constraint, event_dim=1)
+            self.guide = guide
+            self._posterior = dist.Normal(loc, scale)
+        else:
+            raise ValueError(f"expected a Dirichlet or Normal topic posterior, got {type(base).__name__}")
+
+    def topic_posterior(self) -> torch.distributions.Distribution:
+        """
+        The trained guide's posterior of the topics, as read at the end of :meth:`fit`: ``Dirichlet`` with batch
+        shape ``[K]`` (mean-field guide) or the ``Normal`` ``[K, V-1]`` of the unconstrained stick-breaking
+        coordinates (AutoNormal guide).
+        """
+        if self._posterior is None:
+            raise ValueError(f"LDA {self.name!r} has not been trained (call fit first)")
+        return self._posterior
+
+    def topic_word_matrix(self) -> Tensor:
+        """Posterior mean of the topics, ``[K, V]``."""
+        return topic_word_matrix(self.topic_posterior())
+
+
+def topic_word_matrix(posterior: torch.distributions.Distribution, num_samples: int = 256) -> Tensor:
+    """
+    Posterior mean topic-word probabilities ``[K, V]`` of a Dirichlet posterior, or of a Normal posterior of
+    the unconstrained coordinates (Monte Carlo mean through the stick-breaking transform).
+    """
+    if isinstance(posterior, torch.distributions.Dirichlet):
+        return posterior.mean
+    if isinstance(posterior, torch.distributions.Normal):
+        transform = torch.distributions.biject_to(dist.constraints.simplex)
+        with torch.no_grad():
+            return transform(posterior.sample((num_samples,))).mean(0)
+    raise ValueError(f"expected a Dirichlet or Normal topic posterior, got {type(posterior).__name__}")
+
+
+def expected_log(concentration: Tensor) -> Tensor:
+    """``E[log x]`` under ``Dirichlet(concentration)`` over the last axis: ``digamma(a) - digamma(sum(a))``."""
+    return torch.digamma(concentration) - torch.digamma(concentration.sum(-1, keepdim=True))
+
+
+def fit_doc_topics(
+    exp_log_topics: Tensor, counts: Tensor, doc_prior: float, num_iters: int = 50, tol: float = 1e-3
+) -> Tuple[Tensor, Tensor]:
+    """
+    Mean-field coordinate ascent for the topic proportions of documents under fixed topics (the local step of
+    variational LDA): ``gamma = doc_prior + exp(E[log theta]) * ((counts / norm) @ exp(E[log topics]).T)``.
+
+    :param Tensor exp_log_topics: ``exp(E[log topics])`` ``[K, V]``.
+    :param Tensor counts: ``[B, V]``.
+    :returns: ``(gamma [B, K], counts / norm [B, V])`` where ``norm = exp(E[log theta]) @ exp(E[log topics])``.
+    """
+    num_topics = exp_log_topics.shape[0]
+    gamma = doc_prior + counts.sum(-1, keepdim=True).expand(-1, num_topics) / num_topics
+    for _ in range(num_iters):
+        exp_log_doc = expected_log(gamma).exp()
+        ratio = counts / (exp_log_doc @ exp_log_topics).clamp_min(_TINY)
+        new = doc_prior + exp_log_doc * (ratio @ exp_log_topics.T)
+        converged = bool(((new - gamma).abs().mean(-1) < tol).all())
+        gamma = new
+        if converged:
+            break
+    exp_log_doc = expected_log(gamma).exp()
+    return gamma, counts / (exp_log_doc @ exp_log_topics).clamp_min(_TINY)
+
+
+def split_halves(counts: Tensor, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """
+    Split every document's tokens at random into two halves of equal size (``floor`` and ``ceil``).
+
+    :param Tensor counts: ``[D, V]`` integer-valued counts.
+    :returns: ``(observed, held_out)``, both ``[D, V]``, summing to ``counts``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    flat = counts.long().flatten()
+    word = torch.repeat_interleave(torch.arange(flat.numel()), flat)  # one entry per token (doc-major)
+    doc = word // counts.shape[1]
+    # random order within each document: sort by (doc, random key)
+    key = torch.rand(word.numel(), generator=generator, dtype=torch.float64)
+    order = torch.argsort(doc.double() + key)
+    doc_sorted = doc[order]
+    start = torch.searchsorted(doc_sorted, torch.arange(counts.shape[0]))
+    rank = torch.arange(word.numel()) - start[doc_sorted]
+    length = counts.sum(1).long()
+    first = rank < length[doc_sorted] // 2
+    observed = torch.zeros(flat.numel(), dtype=counts.dtype)
+    observed.index_add_(0, word[order][first], torch.ones(int(first.sum()), dtype=counts.dtype))
+    observed = observed.view_as(counts)
+    return observed, counts - observed
+
+
+def fold_in(
+    topics: Tensor, counts: Tensor, doc_prior: float = 0.1, num_iters: int = 200, tol: float = 1e-5
+) -> Tensor:
+    """
+    Topic proportions ``[D, K]`` of documents under fixed topics ``[K, V]``: the EM fixed point
+    ``theta ∝ theta * ((counts / (theta @ topics)) @ topics.T) + doc_prior`` (batched over documents, on the
+    nonzero counts only), iterated until no proportion moves by more than ``tol`` or ``num_iters`` times.
+    """
+    doc, word = counts.nonzero(as_tuple=True)
+    weight = counts[doc, word].unsqueeze(-1)
+    columns = topics[:, word].T  # [nnz, K]
+    theta = counts.new_full((counts.shape[0], topics.shape[0]), 1.0 / topics.shape[0])
+    for _ in range(num_iters):
+        probs = (theta[doc] * columns).sum(-1, keepdim=True).clamp_min(_TINY)
+        new = theta * torch.zeros_like(theta).index_add_(0, doc, weight * columns / probs) + doc_prior
+        new = new / new.sum(-1, keepdim=True)
+        converged = bool((new - theta).abs().max() < tol)
+        theta = new
+        if converged:
+            break
+    return theta
+
+
+def document_completion(topics: Tensor, counts: Tensor, seed: int = 0, doc_prior: float = 0.1) -> float:
+    """
+    Held-out per-word log-likelihood by document completion: the topic proportions of each document are
+    fitted (:func:`fold_in`) on a random half of its words and the other half is scored.
+
+    :param Tensor topics: topic-word probabilities ``[K, V]``.
+    :param Tensor counts: held-out documents ``[D, V]`` over the same vocabulary.
+    :returns: total log-likelihood of the scored halves divided by their number of words.
+    """
+    topics = topics.double()
+    observed, scored = split_halves(counts.double(), seed)
+    theta = fold_in(topics, observed, doc_prior)
+    doc, word = scored.nonzero(as_tuple=True)
+    probs = (theta[doc] * topics[:, word].T).sum(-1).clamp_min(_TINY)
+    return float((scored[doc, word] * probs.log()).sum() / scored.sum())
+
+
+def umass_coherence(topics: Tensor, counts: Tensor, top_n: int = 10) -> float:
+    """
+    Mean UMass coherence (Mimno et al., 2011) of the topics' ``top_n`` words on a reference corpus:
+    ``sum_{i<j} log((D(w_i, w_j) + 1) / D(w_j))`` over each topic's words ranked by probability, where
+    ``D`` counts the documents containing the words (a word absent from the corpus counts as 1 document).
+    """
+    top = topics.topk(top_n, dim=-1).indices  # [K, n]
+    present = (counts > 0).double()  # [D, V]
+    sub = present[:, top]  # [D, K, n]
+    co = torch.einsum("dki,dkj->kij", sub, sub)  # [K, n, n] co-document frequencies
+    df = co.diagonal(dim1=-2, dim2=-1).clamp_min(1.0)  # [K, n]
+    score = ((co + 1.0).log() - df.log().unsqueeze(-2)).tril(-1)  # i > j: word i with the higher-ranked j
+    return float(score.sum((-2, -1)).mean())
+
+
+def top_words(topics: Tensor, vocab: Sequence[str], n: int = 10) -> list:
+    """The ``n`` most probable words of every topic, as lists of strings."""
+    return [[vocab[i] for i in row] for row in topics.topk(n, dim=-1).indices.tolist()]
+
+
+__all__ = [
+    "Corpus",
+    "DocumentEncoder",
+    "LDA",
+    "document_completion",
+    "expected_log",
+    "fit_doc_topics",
+    "fold_in",
+    "split_halves",
+    "top_words",
+    "topic_word_matrix",
+    "umass_coherence",
+]

@@ -1,0 +1,261 @@
+import os
+import runpy
+
+import pyro
+import pytest
+import torch
+
+from pyro_fusion.adapters.lda import (
+    align_concentration,
+    fuse_lda,
+    naive_average,
+    topic_components,
+    union_vocabulary,
+)
+from pyro_fusion.datasets.ap import load_ap
+from pyro_fusion.datasets.brown import load_brown
+from pyro_fusion.models.lda import (
+    LDA,
+    Corpus,
+    document_completion,
+    split_halves,
+    topic_word_matrix,
+    umass_coherence,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """LDA's matrix products are small: on a loaded 2-core machine one thread is far faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_corpus(num_docs=60, num_topics=4, vocab_size=40, words_per_doc=80, seed=0):
+    """Documents drawn from LDA with sparse, well separated true topics; returns (corpus, true topics)."""
+    g = torch.Generator().manual_seed(seed)
+    topics = torch.full((num_topics, vocab_size), 0.02)
+    block = vocab_size // num_topics
+    for k in range(num_topics):
+        topics[k, k * block : (k + 1) * block] = 1.0
+    topics = topics / topics.sum(-1, keepdim=True)
+    theta = torch.distributions.Dirichlet(torch.full((num_topics,), 0.3)).sample((num_docs,))
+    probs = theta @ topics
+    counts = torch.stack(
+        [
+            torch.bincount(torch.multinomial(p, words_per_doc, True, generator=g), minlength=vocab_size)
+            for p in probs
+        ]
+    ).float()
+    return Corpus(counts, tuple(f"w{i:02d}" for i in range(vocab_size))), topics
+
+
+# ----- data ----------------------------------------------------------------------------------
+
+
+def test_load_brown_shapes():
+    brown = load_brown()
+    assert brown.counts.shape == (500, len(brown.vocab))
+    assert len(brown.label_names) == 15 and "news" in brown.label_names
+    assert brown.labels.shape == (500,) and int(brown.labels.max()) == 14
+    assert torch.equal(brown.counts, brown.counts.round()) and (brown.counts.sum(-1) > 0).all()
+    assert len(set(brown.vocab)) == len(brown.vocab)
+    assert int((brown.labels == brown.label_names.index("news")).sum()) == 44
+
+
+def test_load_ap_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not shipped"):
+        load_ap(str(tmp_path))
+
+
+def test_load_ap_lda_c(tmp_path):
+    (tmp_path / "vocab.txt").write_text("apple\npear\nplum\n")
+    (tmp_path / "ap.dat").write_text("2 0:3 2:1\n1 1:2\n")
+    ap = load_ap(str(tmp_path))
+    assert ap.vocab == ("apple", "pear", "plum")
+    assert torch.equal(ap.counts, torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 0.0]]))
+
+
+@pytest.mark.parametrize("line", ["3 0:3 2:1", "2 0:3 9:1", "2 0:x 1:1"])
+def test_load_ap_malformed(tmp_path, line):
+    (tmp_path / "vocab.txt").write_text("apple\npear\nplum\n")
+    (tmp_path / "ap.dat").write_text(line + "\n")
+    with pytest.raises(ValueError, match="ap.dat"):
+        load_ap(str(tmp_path))
+
+
+# ----- vocabulary alignment ----------------------------------------------------------------------
+
+
+def test_union_and_reindex():
+    a = Corpus(torch.tensor([[1.0, 2.0, 0.0]]), ("cat", "dog", "eel"))
+    b = Corpus(torch.tensor([[5.0, 1.0]]), ("ant", "dog"))
+    union = union_vocabulary([a.restrict_vocabulary().vocab, b.vocab])
+    assert union == ("ant", "cat", "dog")
+    assert torch.equal(a.reindex(union).counts, torch.tensor([[0.0, 1.0, 2.0]]))
+    assert torch.equal(b.reindex(union).counts, torch.tensor([[5.0, 0.0, 1.0]]))
+
+
+def test_align_concentration_fills_prior():
+    conc = torch.tensor([[4.0, 2.0], [1.0, 3.0]])
+    before = conc.clone()
+    aligned = align_concentration(conc, ("dog", "ant"), ("ant", "cat", "dog"), 0.05)
+    assert torch.equal(aligned, torch.tensor([[2.0, 0.05, 4.0], [3.0, 0.05, 1.0]]))
+    assert torch.equal(conc, before)
+    with pytest.raises(ValueError, match="union vocabulary"):
+        align_concentration(conc, ("dog", "yak"), ("ant", "dog"), 0.05)
+
+
+# ----- training and extraction -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "guide_kind,natural", [("dirichlet", True), ("dirichlet", False), ("autonormal", False)]
+)
+def test_fit_and_extract(guide_kind, natural):
+    corpus, _ = synthetic_corpus(num_docs=30, vocab_size=24)
+    lda = LDA(3, corpus.vocab, name="client")
+    guide = lda.dirichlet_guide if guide_kind == "dirichlet" else lda.autonormal_guide()
+    losses = lda.fit(corpus, guide=guide, num_steps=15, batch_size=16, natural_gradient=natural)
+    assert len(losses) == 15 and all(torch.isfinite(torch.tensor(losses)))
+    store = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    comps = topic_components(lda)
+    assert {k: v.detach() for k, v in pyro.get_param_store().items()}.keys() == store.keys()
+    for k, v in pyro.get_param_store().items():
+        assert torch.equal(v.detach(), store[k])
+    posterior = comps.distributions()["topic_words"]
+    if guide_kind == "dirichlet":
+        assert isinstance(posterior, torch.distributions.Dirichlet)
+        assert torch.allclose(posterior.concentration, pyro.param("client.topic_concentration").detach())
+        assert posterior.concentration.shape == (3, 24)
+    else:
+        base = posterior.base_dist if isinstance(posterior, torch.distributions.Independent) else posterior
+        assert torch.allclose(base.loc, guide[0].locs.topic_words.detach())
+        assert torch.allclose(base.scale, guide[0].scales.topic_words.detach())
+        assert base.loc.shape == (3, 23)
+    phi = lda.topic_word_matrix()
+    assert phi.shape == (3, 24) and torch.allclose(phi.sum(-1), torch.ones(3), atol=1e-4)
+
+
+def test_autonormal_needs_shared_vocabulary():
+    corpus, _ = synthetic_corpus(num_docs=10, vocab_size=12)
+    lda = LDA(2, corpus.vocab)
+    lda.fit(corpus, guide=lda.autonormal_guide(), num_steps=2)
+    with pytest.raises(ValueError, match="shared vocabulary"):
+        topic_components(lda, union_vocabulary([corpus.vocab, ("zebra",)]))
+
+
+def test_untrained_model_raises():
+    with pytest.raises(ValueError, match="not been trained"):
+        topic_components(LDA(2, ("a", "b", "c")))
+
+
+def test_fit_rejects_other_vocabulary():
+    corpus, _ = synthetic_corpus(num_docs=5, vocab_size=8)
+    with pytest.raises(ValueError, match="vocabulary"):
+        LDA(2, corpus.vocab[:-1]).fit(corpus, num_steps=1)
+
+
+# ----- fusion ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guide_kind", ["dirichlet", "autonormal"])
+@pytest.mark.parametrize("num_clients", [2, 4])
+def test_identical_clients_fuse_back(guide_kind, num_clients):
+    corpus, _ = synthetic_corpus(num_docs=30, vocab_size=24)
+    lda = LDA(3, corpus.vocab)
+    guide = lda.dirichlet_guide if guide_kind == "dirichlet" else lda.autonormal_guide()
+    lda.fit(corpus, guide=guide, num_steps=20, batch_size=16)
+    fused, result = fuse_lda([lda] * num_clients)
+    assert result.num_global == 3
+    assert result.support.tolist() == [num_clients] * 3
+    original = lda.topic_posterior()
+    back = fused.topic_posterior()
+    perm = result.assignments[0]
+    if guide_kind == "dirichlet":
+        assert torch.allclose(back.concentration[perm], original.concentration, rtol=1e-4)
+        assert torch.allclose(
+            pyro.param("fused.topic_concentration").detach()[perm], original.concentration, rtol=1e-4
+        )
+    else:
+        assert torch.allclose(back.loc[perm], original.loc, atol=1e-4)
+        assert torch.allclose(back.scale[perm], original.scale, rtol=1e-3)
+        assert torch.allclose(fused.guide[0].locs.topic_words.detach()[perm], original.loc, atol=1e-4)
+        assert torch.allclose(fused.guide[0].scales.topic_words.detach()[perm], original.scale, rtol=1e-3)
+
+
+def test_fused_guide_warm_starts():
+    corpus, _ = synthetic_corpus(num_docs=30, vocab_size=24)
+    lda = LDA(3, corpus.vocab)
+    lda.fit(corpus, num_steps=20, batch_size=16)
+    fused, _ = fuse_lda([lda, lda])
+    losses = fused.fit(corpus.reindex(fused.vocab), num_steps=3, natural_gradient=False)
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_different_vocabularies_end_to_end():
+    corpus, true_topics = synthetic_corpus(num_docs=160, vocab_size=40, seed=1)
+    test, train = corpus.subset(torch.arange(40)), corpus.subset(torch.arange(40, 160))
+    clients = [train.subset(torch.arange(j, 120, 3)).restrict_vocabulary() for j in range(3)]
+    # drop different words from each client, so the vocabularies differ
+    clients = [Corpus(c.counts[:, j:], c.vocab[j:]).restrict_vocabulary() for j, c in enumerate(clients)]
+    models = []
+    for j, c in enumerate(clients):
+        m = LDA(4, c.vocab, name=f"c{j}")
+        m.fit(c, num_steps=60, batch_size=20)
+        models.append(m)
+    fused, result = fuse_lda(models, weights=[c.num_words for c in clients])
+    assert fused.vocab == union_vocabulary([c.vocab for c in clients])
+    test_counts = test.reindex(fused.vocab).counts
+    fused_ll = document_completion(fused.topic_word_matrix(), test_counts)
+    local_ll = [
+        document_completion(
+            topic_word_matrix(topic_components(m, fused.vocab).distributions()["topic_words"]), test_counts
+        )
+        for m in models
+    ]
+    naive = topic_word_matrix(naive_average(models, fused.vocab).distributions()["topic_words"])
+    assert fused_ll > max(local_ll)
+    assert fused_ll >= document_completion(naive, test_counts) - 1e-6
+    assert 4 <= result.num_global <= 12
+
+
+# ----- metrics -----------------------------------------------------------------------------------
+
+
+def test_split_halves():
+    counts = torch.tensor([[3.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
+    a, b = split_halves(counts, seed=3)
+    assert torch.equal(a + b, counts)
+    assert a.sum(-1).tolist() == [2.0, 1.0]
+    assert (a >= 0).all() and (b >= 0).all()
+
+
+def test_document_completion_prefers_true_topics():
+    corpus, true_topics = synthetic_corpus(num_docs=40)
+    uniform = torch.full_like(true_topics, 1.0 / true_topics.shape[1])
+    assert document_completion(true_topics, corpus.counts) > document_completion(uniform, corpus.counts) + 0.1
+
+
+def test_umass_prefers_true_topics():
+    corpus, true_topics = synthetic_corpus(num_docs=80)
+    shuffled = true_topics[:, torch.randperm(true_topics.shape[1])]
+    assert umass_coherence(true_topics, corpus.counts, top_n=5) > umass_coherence(
+        shuffled, corpus.counts, top_n=5
+    )
+
+
+# ----- tutorial ------------------------------------------------------------------------------------
+
+
+def test_tutorial_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PYRO_FUSION_SMOKE", "1")
+    monkeypatch.setenv("PYRO_FUSION_OUTPUT", str(tmp_path))
+    runpy.run_path(os.path.join(ROOT, "tutorials", "lda_topics.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "global topics" in out and "fused" in out
+    assert (tmp_path / "lda_support.png").stat().st_size > 0
