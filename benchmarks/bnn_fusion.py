@@ -1,0 +1,208 @@
+"""
+One-shot federated fusion of Bayesian MLPs on MNIST and Fashion-MNIST.
+
+J clients each train a :class:`~pyro_fusion.models.bnn.BayesianMLP` with an AutoNormal guide
+by SVI on their own share of the training set (heterogeneous: class proportions from
+Dirichlet(0.5); homogeneous: a random equal split). Rows, all scored on the official test
+set by the posterior predictive (``--samples`` weight draws; accuracy as a fraction, NLL in
+nats per example):
+
+- ``local_best`` / ``local_mean``: the best local model (by test accuracy) and the mean over clients;
+- ``ensemble``: the average of the J local predictive distributions;
+- ``naive_average``: one round of FedAvg on the guide parameters (elementwise average);
+- ``fused``: :func:`~pyro_fusion.adapters.bnn.fuse_mlps` (KL-fusion, reverse KL), no retraining;
+- ``fused_point``: the same engine on the posterior means only (PointMass family, a point estimate);
+- ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data;
+- ``pooled``: one model trained on all clients' data together (what fusion cannot see).
+
+Prints one JSON list, one object per setting (``seconds``: wall clock, ``cpu_seconds``: this
+process's CPU time, the better measure on a shared machine). ``--small`` runs a reduced version
+for tests.
+Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Dict, List, Optional
+
+import pyro
+import torch
+from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide.initialization import init_to_value
+
+from pyro_fusion.adapters.bnn import fuse_mlps, naive_average
+from pyro_fusion.datasets.mnist import load_fashion_mnist, load_mnist, split_clients
+from pyro_fusion.models.bnn import (
+    BayesianMLP,
+    evaluate,
+    normal_posterior,
+    predictive_probs,
+    train_svi,
+)
+
+LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+SPLIT_ALPHA = {"heterogeneous": 0.5, "homogeneous": None}
+
+#: (dataset, split, hidden layers, epochs) of the full benchmark, primary setting first
+SETTINGS = [
+    ("mnist", "heterogeneous", 1, 10),
+    ("mnist", "heterogeneous", 2, 10),
+    ("mnist", "homogeneous", 1, 10),
+    ("fashion-mnist", "heterogeneous", 1, 2),
+]
+SMALL_SETTINGS = [("mnist", "heterogeneous", 1, 2), ("mnist", "heterogeneous", 2, 2)]
+
+
+def _row(probs: torch.Tensor, labels: torch.Tensor, width) -> Dict[str, object]:
+    accuracy, nll = evaluate(probs, labels)
+    return {"accuracy": accuracy, "nll": nll, "width": width}
+
+
+def run_setting(
+    dataset: str,
+    split: str,
+    layers: int,
+    *,
+    num_clients: int = 10,
+    width: int = 100,
+    epochs: int = 10,
+    finetune_epochs: int = 1,
+    batch_size: int = 64,
+    lr: float = 0.01,
+    prior_scale: float = 1.0,
+    init_scale: float = 0.01,
+    shared_init: bool = False,
+    num_samples: int = 20,
+    train_size: Optional[int] = None,
+    test_size: Optional[int] = None,
+    seed: int = 0,
+) -> Dict[str, object]:
+    """Train the clients of one setting, fuse them and score every row."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    train, test = LOADERS[dataset](train=True), LOADERS[dataset](train=False)
+    x, y = train.images[:train_size], train.labels[:train_size]
+    x_test, y_test = test.images[:test_size], test.labels[:test_size]
+    parts = split_clients(y, num_clients, alpha=SPLIT_ALPHA[split], seed=seed)
+    sizes = [len(p) for p in parts]
+    hidden = (width,) * layers
+
+    def train_model(j: int, xs: torch.Tensor, ys: torch.Tensor, num_epochs: int):
+        model = BayesianMLP(x.shape[-1], hidden, 10, prior_scale=prior_scale)
+        locs = model.init_locs(seed if shared_init else seed + 1 + j)
+        guide = AutoNormal(model, init_loc_fn=init_to_value(values=locs), init_scale=init_scale)
+        train_svi(model, guide, xs, ys, num_epochs, batch_size, lr, seed=seed + j)
+        return model, normal_posterior(guide)
+
+    def predict(model: BayesianMLP, posterior) -> torch.Tensor:
+        return predictive_probs(model, posterior, x_test, num_samples, seed=seed)
+
+    local_model, posteriors, local_probs = None, [], []
+    for j, part in enumerate(parts):
+        local_model, posterior = train_model(j, x[part], y[part], epochs)
+        posteriors.append(posterior)
+        local_probs.append(predict(local_model, posterior))
+    local = [evaluate(p, y_test) for p in local_probs]
+    best = max(range(num_clients), key=lambda j: local[j].accuracy)
+
+    rows: Dict[str, Dict[str, object]] = {}
+    fused = fuse_mlps(posteriors, sizes, prior_scale=prior_scale, seed=seed)
+    rows["fused"] = _row(predict(fused.model, fused.posterior), y_test, list(fused.model.widths))
+    point = fuse_mlps(
+        posteriors, sizes, prior_scale=prior_scale, point_scale=prior_scale, seed=seed
+    )
+    rows["fused_point"] = _row(
+        predict(point.model, point.posterior), y_test, list(point.model.widths)
+    )
+    rows["naive_average"] = _row(
+        predict(local_model, naive_average(posteriors, sizes)), y_test, list(hidden)
+    )
+    rows["ensemble"] = _row(
+        torch.stack(local_probs).mean(0), y_test, [width * num_clients] * layers
+    )
+    rows["local_best"] = {
+        "accuracy": local[best].accuracy,
+        "nll": local[best].nll,
+        "width": list(hidden),
+    }
+    rows["local_mean"] = {
+        "accuracy": sum(e.accuracy for e in local) / num_clients,
+        "nll": sum(e.nll for e in local) / num_clients,
+        "width": list(hidden),
+    }
+    largest = max(range(num_clients), key=lambda j: sizes[j])
+    train_svi(
+        fused.model,
+        fused.guide,
+        x[parts[largest]],
+        y[parts[largest]],
+        finetune_epochs,
+        batch_size,
+        lr,
+        seed=seed,
+    )
+    rows["fused_finetuned"] = _row(
+        predict(fused.model, normal_posterior(fused.guide)), y_test, list(fused.model.widths)
+    )
+    pooled_model, pooled_posterior = train_model(num_clients, x, y, epochs)
+    rows["pooled"] = _row(predict(pooled_model, pooled_posterior), y_test, list(hidden))
+    return {
+        "dataset": dataset,
+        "split": split,
+        "layers": layers,
+        "seed": seed,
+        "clients": num_clients,
+        "client_sizes": sizes,
+        "train_size": len(x),
+        "test_size": len(x_test),
+        "epochs": epochs,
+        "samples": num_samples,
+        "fused_price": [r.price for r in fused.results],
+        "fused_point_price": [r.price for r in point.results],
+        "rows": rows,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="reduced sizes (for the test suite)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of this process (default 1: the machine is shared)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pyro.enable_validation(False)
+    if args.small:
+        options = dict(num_clients=3, width=20, train_size=1500, test_size=1000, batch_size=50)
+        settings = SMALL_SETTINGS
+    else:
+        options, settings = {}, SETTINGS
+    results = []
+    for dataset, split, layers, epochs in settings:
+        try:
+            results.append(
+                run_setting(dataset, split, layers, epochs=epochs, seed=args.seed, **options)
+            )
+            print(
+                f"{dataset} {split} {layers} layer(s): {results[-1]['seconds']:.0f} s",
+                file=sys.stderr,
+            )
+        except FileNotFoundError as e:
+            results.append(
+                {"dataset": dataset, "split": split, "layers": layers, "skipped": str(e)}
+            )
+    print(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""
+Fusion of Bayesian multilayer perceptrons (:class:`~pyro_fusion.models.bnn.BayesianMLP`)
+trained by separate clients, layer by layer (DESIGN §5).
+
+Inputs and output classes are aligned across clients, hidden units are not. A hidden unit
+``u`` of layer ``k`` is one component whose fields are its incoming weight row
+``W_k[u, :]`` (``"weight"``), its bias ``b_k[u]`` (``"bias"``) and, in the last hidden layer,
+its outgoing weight column ``W_out[:, u]`` (``"out"``), so they are permuted together.
+Layer 1 is matched first; each client's layer-``k+1`` incoming rows are then re-indexed
+through its layer-``k`` assignment into the global layer-``k`` units, where entries for global
+units the client lacks are the prior ``Normal(0, prior_scale)`` (value 0 for point
+estimates); then layer ``k+1`` is matched, and so on. Connections between two global units
+that no client matched to both has are set to mean 0 with a small scale (``absent_scale``).
+The output biases, which every client has once, are fused by a weighted KL barycenter. The
+fused network has the learned widths and comes back as a new
+:class:`~pyro_fusion.models.bnn.BayesianMLP` with a guide.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor
+
+from ..barycenter import barycenter
+from ..components import Components
+from ..fusion import FusionResult, fuse
+from ..models.bnn import BayesianMLP, delta_guide, normal_guide
+
+__all__ = ["FusedMLP", "fuse_mlps", "naive_average"]
+
+
+class FusedMLP(NamedTuple):
+    """
+    What :func:`fuse_mlps` returns.
+
+    :ivar BayesianMLP model: the fused network (learned hidden widths).
+    :ivar guide: an :class:`~pyro.infer.autoguide.AutoNormal` holding the fused locs and
+        scales, or an :class:`~pyro.infer.autoguide.AutoDelta` for point estimates.
+    :ivar dict posterior: site name -> fused ``Normal`` (or ``Delta``) of the site's shape.
+    :ivar list results: one :class:`~pyro_fusion.FusionResult` per hidden layer.
+    """
+
+    model: BayesianMLP
+    guide: PyroModule
+    posterior: Dict[str, dist.Distribution]
+    results: List[FusionResult]
+
+
+def _num_hidden(posterior: Dict[str, dist.Distribution], j: int) -> int:
+    k = 0
+    while f"hidden.{k}.weight" in posterior:
+        k += 1
+    expected = {f"hidden.{i}.{p}" for i in range(k) for p in ("weight", "bias")}
+    expected |= {"output.weight", "output.bias"}
+    if k == 0 or set(posterior) != expected:
+        raise ValueError(
+            f"client {j}: expected the sites of a BayesianMLP "
+            f"(hidden.<k>.weight/bias, output.weight/bias), got {sorted(posterior)}"
+        )
+    return k
+
+
+def _check_clients(posteriors: Sequence[Dict[str, dist.Distribution]]) -> int:
+    if len(posteriors) == 0:
+        raise ValueError("fuse_mlps needs at least one client")
+    depth = _num_hidden(posteriors[0], 0)
+    in_features = _shape(posteriors[0]["hidden.0.weight"])[1]
+    classes = _shape(posteriors[0]["output.weight"])[0]
+    for j, post in enumerate(posteriors):
+        if _num_hidden(post, j) != depth:
+            raise ValueError(
+                f"client {j} has {_num_hidden(post, j)} hidden layers, client 0 has {depth}"
+            )
+        got = (_shape(post["hidden.0.weight"])[1], _shape(post["output.weight"])[0])
+        if got != (in_features, classes):
+            raise ValueError(
+                f"client {j}: {got[0]} inputs and {got[1]} classes, client 0 has "
+                f"{in_features} and {classes}"
+            )
+        for k in range(depth):
+            w, b = post[f"hidden.{k}.weight"], post[f"hidden.{k}.bias"]
+            nxt = post[f"hidden.{k + 1}.weight" if k + 1 < depth else "output.weight"]
+            if _shape(b) != _shape(w)[:1] or _shape(nxt)[1] != _shape(w)[0]:
+                raise ValueError(f"client {j}: layer {k} sizes are inconsistent")
+    return depth
+
+
+def _shape(d: dist.Distribution) -> torch.Size:
+    return d.batch_shape + d.event_shape
+
+
+def _reindex(value: Tensor, assignment: Tensor, num_global: int, fill: float) -> Tensor:
+    """Columns of ``value`` ``[n, n_prev]`` moved to ``assignment`` in ``[n, num_global]``."""
+    out = value.new_full((value.shape[0], num_global), fill)
+    out[:, assignment] = value
+    return out
+
+
+def _connections(
+    previous: List[Tensor], current: List[Tensor], num_prev: int, num_global: int
+) -> Tensor:
+    """Mask ``[num_global, num_prev]``: True where some client has both units of the connection."""
+    seen = torch.zeros(num_global, num_prev, dtype=torch.bool)
+    for rows, cols in zip(current, previous):
+        seen[rows.unsqueeze(-1), cols] = True
+    return seen
+
+
+def _loc_scale(d: dist.Distribution):
+    return d.mean.detach(), d.stddev.detach()
+
+
+def fuse_mlps(
+    posteriors: Sequence[Dict[str, dist.Distribution]],
+    weights: Union[Sequence[float], Tensor, None] = None,
+    *,
+    prior_scale: float = 1.0,
+    point_scale: Optional[float] = None,
+    direction: str = "reverse",
+    price: Union[float, Sequence[float], None] = None,
+    num_global: Union[int, Sequence[int], None] = None,
+    absent_scale: float = 1e-3,
+    seed: int = 0,
+) -> FusedMLP:
+    """
+    Fuses the mean-field posteriors of several clients' Bayesian MLPs into one network.
+
+    Example::
+
+        >>> from pyro_fusion.models.bnn import BayesianMLP, normal_posterior, train_svi
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> x, y = torch.randn(40, 5), torch.randint(3, (40,))
+        >>> posteriors = []
+        >>> for j in range(2):
+        ...     model = BayesianMLP(5, hidden=(4,), out_features=3)
+        ...     guide = AutoNormal(model)
+        ...     _ = train_svi(model, guide, x, y, num_epochs=1, batch_size=20, seed=j)
+        ...     posteriors.append(normal_posterior(guide))
+        >>> fused = fuse_mlps(posteriors, weights=[40, 40])
+        >>> fused.model.widths[0] >= 4, fused.posterior["output.weight"].loc.shape[0]
+        (True, 3)
+
+    :param list posteriors: per client, site name -> ``Normal(loc, scale)`` of the site's
+        shape, e.g. :func:`~pyro_fusion.models.bnn.normal_posterior` of its AutoNormal guide.
+        Clients may have different hidden widths but the same depth, inputs and classes.
+    :param weights: positive client weights (e.g. data sizes), uniform by default.
+    :param float prior_scale: the clients' prior scale, used for units a client lacks.
+    :param float point_scale: if given, fuse the posterior *means* only, read as
+        :class:`~pyro_fusion.expfam.PointMass` with this scale (the point-estimate variant);
+        the result is a point estimate with an :class:`~pyro.infer.autoguide.AutoDelta` guide.
+    :param str direction: KL direction, see :func:`~pyro_fusion.fuse`.
+    :param price: price of a global unit, one for all hidden layers or one per layer.
+        Default: :func:`~pyro_fusion.default_price` with the prior ``Normal(0, prior_scale)``
+        (``PointMass`` at 0 for point estimates) as ``p0``, i.e. the median over local units of
+        ``w_j KL(q_jl || p0)``, what a unit is worth beyond the prior.
+    :param num_global: parametric mode: fused width, one for all layers or one per layer.
+    :param float absent_scale: scale of the fused weights between two global units that no
+        client matched to both has (their barycenter would be the prior; they are set to mean
+        0 with this small scale, so the fused network is the union of the clients' connections
+        rather than one with prior-noise weights).
+    :param int seed: seed of :func:`~pyro_fusion.fuse`.
+    :rtype: FusedMLP
+    """
+    depth = _check_clients(posteriors)
+    if not prior_scale > 0:
+        raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+    prices = list(price) if isinstance(price, (list, tuple)) else [price] * depth
+    widths = list(num_global) if isinstance(num_global, (list, tuple)) else [num_global] * depth
+    if len(prices) != depth or len(widths) != depth:
+        raise ValueError(f"price and num_global need one value per hidden layer ({depth})")
+    point = point_scale is not None
+
+    def field(loc: Tensor, scale: Tensor, event_dim: int) -> dist.Distribution:
+        if point:
+            return dist.Delta(loc, event_dim=event_dim)
+        return dist.Normal(loc, scale)
+
+    def units(parts: Dict[str, tuple]) -> Components:
+        """Components from ``(loc, scale)`` per field, the first dim indexing units."""
+        return Components.from_distributions(
+            {name: field(loc, scale, loc.dim() - 1) for name, (loc, scale) in parts.items()},
+            point_scale=point_scale,
+        )
+
+    fused: Dict[str, tuple] = {}
+    results: List[FusionResult] = []
+    assignments: Optional[List[Tensor]] = None
+    num_prev = _shape(posteriors[0]["hidden.0.weight"])[1]
+    for k in range(depth):
+        last = k == depth - 1
+        clients = []
+        for j, post in enumerate(posteriors):
+            w_loc, w_scale = _loc_scale(post[f"hidden.{k}.weight"])
+            if assignments is not None:
+                w_loc = _reindex(w_loc, assignments[j], num_prev, 0.0)
+                w_scale = _reindex(w_scale, assignments[j], num_prev, prior_scale)
+            parts = {"weight": (w_loc, w_scale), "bias": _loc_scale(post[f"hidden.{k}.bias"])}
+            if last:
+                out_loc, out_scale = _loc_scale(post["output.weight"])
+                parts["out"] = (out_loc.T, out_scale.T)
+            clients.append(units(parts))
+        prior = units(
+            {
+                name: (
+                    torch.zeros((1,) + loc.shape[1:]),
+                    torch.full((1,) + loc.shape[1:], prior_scale),
+                )
+                for name, (loc, _) in parts.items()
+            }
+        )
+        result = fuse(
+            clients,
+            weights,
+            direction=direction,
+            price=prices[k],
+            num_global=widths[k],
+            prior=prior,
+            seed=seed,
+        )
+        results.append(result)
+        global_fields = result.distributions()
+        w_loc, w_scale = _loc_scale(global_fields["weight"])
+        if assignments is not None:
+            seen = _connections(assignments, result.assignments, num_prev, result.num_global)
+            w_loc = w_loc.masked_fill(~seen, 0.0)
+            w_scale = w_scale.masked_fill(~seen, absent_scale)
+        fused[f"hidden.{k}.weight"] = (w_loc, w_scale)
+        fused[f"hidden.{k}.bias"] = _loc_scale(global_fields["bias"])
+        if last:
+            out_loc, out_scale = _loc_scale(global_fields["out"])
+            fused["output.weight"] = (out_loc.T, out_scale.T)
+        assignments, num_prev = result.assignments, result.num_global
+
+    bias_loc, bias_scale = (
+        torch.stack(t) for t in zip(*(_loc_scale(p["output.bias"]) for p in posteriors))
+    )
+    client_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
+    shared = barycenter(units({"bias": (bias_loc, bias_scale)}), client_weights, direction)
+    fused["output.bias"] = tuple(t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"]))
+
+    ref = posteriors[0]
+    model = BayesianMLP(
+        _shape(ref["hidden.0.weight"])[1],
+        hidden=[r.num_global for r in results],
+        out_features=_shape(ref["output.weight"])[0],
+        prior_scale=prior_scale,
+    )
+    if point:
+        values = {name: loc.contiguous() for name, (loc, _) in fused.items()}
+        posterior = {name: dist.Delta(v, event_dim=v.dim()) for name, v in values.items()}
+        guide = delta_guide(model, values)
+    else:
+        posterior = {
+            name: dist.Normal(loc.contiguous(), scale.contiguous())
+            for name, (loc, scale) in fused.items()
+        }
+        guide = normal_guide(model, posterior)
+    return FusedMLP(model, guide, posterior, results)
+
+
+def naive_average(
+    posteriors: Sequence[Dict[str, dist.Normal]],
+    weights: Union[Sequence[float], Tensor, None] = None,
+) -> Dict[str, dist.Normal]:
+    """
+    The naive baseline: one round of federated averaging of the guide parameters, i.e. the
+    elementwise weighted average of every site's loc and scale, ignoring that hidden units
+    are not aligned across clients. All clients must have the same widths.
+
+    :param list posteriors: per client, site name -> ``Normal(loc, scale)``.
+    :param weights: positive client weights, uniform by default.
+    :returns: site name -> averaged ``Normal``.
+    """
+    _check_clients(posteriors)
+    shapes = {name: _shape(d) for name, d in posteriors[0].items()}
+    for j, post in enumerate(posteriors):
+        for name, d in post.items():
+            if _shape(d) != shapes[name]:
+                raise ValueError(
+                    f"naive_average: client {j}, site {name!r} has shape {tuple(_shape(d))}, "
+                    f"client 0 has {tuple(shapes[name])}"
+                )
+    w = (
+        torch.ones(len(posteriors))
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.get_default_dtype())
+    )
+    if w.shape != (len(posteriors),) or not (w > 0).all():
+        raise ValueError(f"naive_average: need {len(posteriors)} positive weights")
+    w = w / w.sum()
+    average = {}
+    for name in shapes:
+        locs = torch.stack([post[name].loc for post in posteriors])
+        scales = torch.stack([post[name].scale for post in posteriors])
+        shape = (-1,) + (1,) * len(shapes[name])
+        average[name] = dist.Normal((w.view(shape) * locs).sum(0), (w.view(shape) * scales).sum(0))
+    return average

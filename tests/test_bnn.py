@@ -1,0 +1,325 @@
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_fusion.adapters.bnn import fuse_mlps, naive_average
+from pyro_fusion.datasets.mnist import load_fashion_mnist, load_idx, load_mnist, split_clients
+from pyro_fusion.models.bnn import (
+    BayesianMLP,
+    delta_guide,
+    evaluate,
+    normal_guide,
+    normal_posterior,
+    predictive_probs,
+    train_svi,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread():
+    """Small SVI steps are dominated by thread start-up on a shared 2-core machine; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _have(loader):
+    try:
+        loader(train=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _random_posterior(in_features, widths, classes, generator):
+    model = BayesianMLP(in_features, widths, classes)
+    return {
+        name: dist.Normal(
+            torch.randn(shape, generator=generator),
+            0.05 + 0.2 * torch.rand(shape, generator=generator),
+        )
+        for name, shape in model.site_shapes().items()
+    }
+
+
+def _mean_logits(model, posterior, x):
+    means = {name: d.mean for name, d in posterior.items()}
+    return predictive_probs(
+        model, {n: dist.Delta(v, event_dim=v.dim()) for n, v in means.items()}, x, 1
+    )
+
+
+def _permute_units(posterior, layer, perm):
+    """The same network with hidden layer ``layer``'s units reordered by ``perm``."""
+    out = dict(posterior)
+    nxt = (
+        f"hidden.{layer + 1}.weight"
+        if f"hidden.{layer + 1}.weight" in posterior
+        else "output.weight"
+    )
+    for name, index in ((f"hidden.{layer}.weight", 0), (f"hidden.{layer}.bias", 0), (nxt, 1)):
+        d = posterior[name]
+        out[name] = dist.Normal(d.loc.index_select(index, perm), d.scale.index_select(index, perm))
+    return out
+
+
+# ----- data ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_load_idx_round_trip(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 0x08, 3]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path = tmp_path / ("a.idx.gz" if compress else "a.idx")
+    (gzip.open if compress else open)(path, "wb").write(header + array.tobytes())
+    np.testing.assert_array_equal(load_idx(path), array)
+    (tmp_path / "bad.idx").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="bad.idx"):
+        load_idx(tmp_path / "bad.idx")
+
+
+def test_missing_data_errors_name_path_and_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(root=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_mnist(root=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="mnist_train_first10k.npz"):
+        load_mnist(root=tmp_path, train=True)
+
+
+@pytest.mark.parametrize(
+    "loader, train, size",
+    [
+        (load_mnist, True, 10000),
+        (load_mnist, False, 10000),
+        (load_fashion_mnist, True, 60000),
+        (load_fashion_mnist, False, 10000),
+    ],
+)
+def test_loaders(loader, train, size):
+    if not _have(loader):
+        pytest.skip(f"{loader.__name__}: data not installed")
+    data = loader(train=train)
+    assert data.images.shape == (size, 784) and data.images.dtype == torch.float32
+    assert 0.0 <= data.images.min() and data.images.max() <= 1.0
+    assert data.labels.shape == (size,) and data.labels.dtype == torch.long
+    assert torch.bincount(data.labels).shape == (10,) and torch.bincount(data.labels).min() > 0
+
+
+@pytest.mark.parametrize("num_clients", [2, 10])
+@pytest.mark.parametrize("alpha", [None, 0.5])
+def test_split_clients_partition(num_clients, alpha):
+    labels = torch.arange(2000) % 10
+    parts = split_clients(labels, num_clients, alpha=alpha, seed=3)
+    assert len(parts) == num_clients
+    everything = torch.cat(parts).sort().values
+    assert torch.equal(everything, torch.arange(len(labels)))  # disjoint and complete
+    assert min(len(p) for p in parts) >= 10
+    if alpha is None:
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    again = split_clients(labels, num_clients, alpha=alpha, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(parts, again))
+
+
+def test_split_heterogeneity():
+    labels = torch.arange(5000) % 10
+
+    def skew(parts):  # mean total-variation distance of client class mixes from uniform
+        mixes = torch.stack([torch.bincount(labels[p], minlength=10) / len(p) for p in parts])
+        return 0.5 * (mixes - 0.1).abs().sum(-1).mean()
+
+    assert skew(split_clients(labels, 10, alpha=0.5, seed=0)) > 0.3
+    assert skew(split_clients(labels, 10, alpha=None, seed=0)) < 0.1
+    with pytest.raises(ValueError, match="alpha"):
+        split_clients(labels, 10, alpha=-1.0)
+    with pytest.raises(ValueError, match="integer"):
+        split_clients(labels.float(), 10)
+
+
+# ----- model ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("widths", [(7,), (6, 5)])
+def test_mlp_sites_and_batched_forward(widths):
+    model = BayesianMLP(4, widths, 3)
+    posterior = _random_posterior(4, widths, 3, torch.Generator().manual_seed(0))
+    x = torch.randn(11, 4)
+    probs = predictive_probs(model, posterior, x, num_samples=5)
+    assert probs.shape == (11, 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(11))
+    guide = AutoNormal(model)
+    guide(x, torch.zeros(11, dtype=torch.long))
+    assert {n: d.loc.shape for n, d in normal_posterior(guide).items()} == model.site_shapes()
+
+
+def test_train_svi_learns_and_keeps_param_store_clean(one_thread):
+    import pyro
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=generator)
+    y = (x[:, 0] > 0).long()
+    model = BayesianMLP(5, (8,), 2, prior_scale=1.0)
+    guide = AutoNormal(model, init_scale=0.01)
+    losses = train_svi(model, guide, x, y, num_epochs=15, batch_size=100, lr=0.05)
+    assert losses[-1] < losses[0]
+    assert len(pyro.get_param_store()) == 0
+    accuracy, nll = evaluate(predictive_probs(model, normal_posterior(guide), x, 20), y)
+    assert accuracy > 0.8 and nll < 0.6
+
+
+# ----- adapter -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("widths", [(7,), (6, 5)])
+def test_write_back_round_trip(widths):
+    posterior = _random_posterior(4, widths, 3, torch.Generator().manual_seed(1))
+    model = BayesianMLP(4, widths, 3)
+    back = normal_posterior(normal_guide(model, posterior))
+    for name, d in posterior.items():
+        assert torch.allclose(back[name].loc, d.loc) and torch.allclose(
+            back[name].scale, d.scale, rtol=1e-5
+        )
+    values = {name: d.loc for name, d in posterior.items()}
+    median = delta_guide(model, values).median()
+    assert all(torch.allclose(median[name], v) for name, v in values.items())
+    with pytest.raises(ValueError, match="hidden.0.weight"):
+        normal_guide(BayesianMLP(4, (9,) * len(widths), 3), posterior)
+
+
+@pytest.mark.parametrize("widths", [(7,), (6, 5)])
+@pytest.mark.parametrize("point_scale", [None, 1.0])
+def test_fusing_identical_clients_returns_the_client(widths, point_scale):
+    posterior = _random_posterior(4, widths, 3, torch.Generator().manual_seed(2))
+    fused = fuse_mlps([posterior] * 3, point_scale=point_scale)
+    assert fused.model.widths == widths
+    assert all(r.support.eq(3).all() for r in fused.results)
+    x = torch.randn(13, 4)
+    model = BayesianMLP(4, widths, 3)
+    assert torch.allclose(
+        _mean_logits(fused.model, fused.posterior, x), _mean_logits(model, posterior, x), atol=1e-5
+    )
+    if point_scale is None:  # the scales survive too (up to the permutation of units)
+        fused_scales = sorted(fused.posterior["hidden.0.bias"].scale.tolist())
+        assert np.allclose(
+            fused_scales, sorted(posterior["hidden.0.bias"].scale.tolist()), rtol=1e-4
+        )
+
+
+@pytest.mark.parametrize("widths", [(7,), (6, 5)])
+@pytest.mark.parametrize("point_scale", [None, 1.0])
+def test_fusion_is_invariant_to_permuting_a_clients_units(widths, point_scale):
+    generator = torch.Generator().manual_seed(4)
+    base = _random_posterior(4, widths, 3, generator)
+    clients = [
+        {
+            n: dist.Normal(d.loc + 0.3 * torch.randn(d.loc.shape, generator=generator), d.scale)
+            for n, d in base.items()
+        }
+        for _ in range(3)
+    ]
+    permuted = list(clients)
+    for layer, width in enumerate(widths):
+        permuted[1] = _permute_units(permuted[1], layer, torch.randperm(width, generator=generator))
+    x = torch.randn(17, 4)
+    model = BayesianMLP(4, widths, 3)
+    # the permuted client computes the same function ...
+    assert torch.allclose(
+        _mean_logits(model, clients[1], x), _mean_logits(model, permuted[1], x), atol=1e-5
+    )
+    # ... and the fused network is the same up to the order of its units
+    a = fuse_mlps(clients, [1.0, 2.0, 3.0], point_scale=point_scale, seed=0)
+    b = fuse_mlps(permuted, [1.0, 2.0, 3.0], point_scale=point_scale, seed=0)
+    assert a.model.widths == b.model.widths
+    assert torch.allclose(
+        _mean_logits(a.model, a.posterior, x), _mean_logits(b.model, b.posterior, x), atol=1e-4
+    )
+
+
+def test_fused_widths_follow_the_price():
+    generator = torch.Generator().manual_seed(5)
+    clients = [_random_posterior(4, (6,), 3, generator) for _ in range(3)]
+    cheap = fuse_mlps(clients, price=1e-3)
+    dear = fuse_mlps(clients, price=1e9)
+    assert cheap.model.widths == (18,)  # unrelated units: nothing is worth matching
+    assert dear.model.widths == (6,)  # one global unit per local unit of a client
+    assert dear.results[0].support.eq(3).all()
+
+
+def test_adapter_errors_name_the_client():
+    generator = torch.Generator().manual_seed(6)
+    good = _random_posterior(4, (6,), 3, generator)
+    other_inputs = _random_posterior(5, (6,), 3, generator)
+    with pytest.raises(ValueError, match="client 1"):
+        fuse_mlps([good, other_inputs])
+    deeper = _random_posterior(4, (6, 6), 3, generator)
+    with pytest.raises(ValueError, match="client 1"):
+        fuse_mlps([good, deeper])
+    missing = {k: v for k, v in good.items() if k != "output.bias"}
+    with pytest.raises(ValueError, match="client 1"):
+        fuse_mlps([good, missing])
+    wider = _random_posterior(4, (8,), 3, generator)
+    with pytest.raises(ValueError, match="client 1"):
+        naive_average([good, wider])
+
+
+def test_naive_average_of_identical_clients():
+    posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(7))
+    average = naive_average([posterior, posterior], weights=[1.0, 3.0])
+    for name, d in posterior.items():
+        assert torch.allclose(average[name].loc, d.loc) and torch.allclose(
+            average[name].scale, d.scale
+        )
+
+
+# ----- benchmark -----------------------------------------------------------------------
+
+
+def test_benchmark_small_runs():
+    if not _have(load_mnist):
+        pytest.skip("MNIST not available")
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bnn_fusion.py"), "--small"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out.stdout)
+    rows = {
+        "fused",
+        "fused_point",
+        "naive_average",
+        "ensemble",
+        "local_best",
+        "local_mean",
+        "fused_finetuned",
+        "pooled",
+    }
+    assert [r["layers"] for r in results] == [1, 2]
+    for setting in results:
+        assert setting["dataset"] == "mnist" and setting["split"] == "heterogeneous"
+        assert set(setting["rows"]) == rows
+        for row in setting["rows"].values():
+            assert 0.0 <= row["accuracy"] <= 1.0 and row["nll"] > 0
+        assert (
+            setting["rows"]["local_best"]["accuracy"] >= setting["rows"]["local_mean"]["accuracy"]
+        )
+        assert len(setting["rows"]["fused"]["width"]) == setting["layers"]
+        # fusion must beat chance by a wide margin even at this size
+        assert setting["rows"]["fused"]["accuracy"] > 0.3
+    assert time.perf_counter() - start < 120
