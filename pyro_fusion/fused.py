@@ -309,6 +309,32 @@ def init_to_fused(fused: FusedPosterior, fallback: Callable = init_to_feasible) 
     return init_fn
 
 
+class FusedSitePrior(pyro.distributions.TransformedDistribution):
+    """
+    A Normal pushed through ``biject_to(support)`` that reports the model site's
+    ``support`` (torch reports the last transform's codomain, e.g. ``real`` for the affine
+    step of ``biject_to(greater_than(0))``), so autoguides built on a model under
+    :class:`FusedPrior` still constrain the site.
+
+    :param Distribution base: the unconstrained Normal.
+    :param Transform transform: ``biject_to(support)``.
+    :param Constraint support: the model site's support.
+    """
+
+    def __init__(self, base, transform, support, validate_args=None):
+        self._site_support = support
+        super().__init__(base, transform, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self._site_support
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(FusedSitePrior, _instance)
+        new._site_support = self._site_support
+        return super().expand(batch_shape, _instance=new)
+
+
 class FusedPrior(Messenger):
     """
     Replace the priors of fused sites by the fused posterior (continual / federated rounds).
@@ -342,9 +368,7 @@ class FusedPrior(Messenger):
             loc, scale = self.fused.loc_scale(msg["name"])
             transform = biject_to(fn.support)
             event_dim = fn.event_dim + loc.dim() - len(fn.shape())
-            new = pyro.distributions.TransformedDistribution(
-                pyro.distributions.Normal(loc, scale).to_event(event_dim), transform
-            )
+            new = FusedSitePrior(pyro.distributions.Normal(loc, scale).to_event(event_dim), transform, fn.support)
         else:
             new = self.fused.site_distribution(msg["name"])
         if new.shape() != fn.shape():

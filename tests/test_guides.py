@@ -267,6 +267,13 @@ def test_init_to_fused_and_fused_prior():
     torch.testing.assert_close(
         trace.nodes["scale"]["fn"].log_prob(s), dist.LogNormal(sloc, sscale).log_prob(s)
     )
+    # an autoguide built on the model under the fused prior still constrains the site
+    guide = AutoNormal(FusedPrior(fused)(mixture_model), init_loc_fn=init_to_fused(fused))
+    guide(3)
+    assert (guide.median()["scale"] > 0).all()
+    torch.testing.assert_close(guide.median()["scale"].detach(), sloc.exp())
+    expanded = trace.nodes["scale"]["fn"].expand((2, 3))
+    assert expanded.support is trace.nodes["scale"]["fn"].support and expanded.batch_shape == (2, 3)
     with pytest.raises(ValueError, match="not fused sites"):
         FusedPrior(fused, sites=["weights"])
     with pytest.raises(ValueError, match="site 'loc'.*size the model to 3"):
