@@ -44,9 +44,10 @@ def _fuse(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import format_table, run_demo
 
-    run_demo(seed=args.seed, out=args.out, steps=args.steps)
+    metrics = run_demo(seed=args.seed, out=args.out, steps=args.steps)
+    print(format_table(metrics))
     return 0
 
 

@@ -46,9 +46,12 @@ def rebuild_simplex(
     rest = moved[0].shape[len(axes):]
     total = torch.zeros((num_global,) * len(axes) + rest, dtype=torch.float64)
     seen = torch.zeros((num_global,) * len(axes) + rest, dtype=torch.bool)
-    for v, a, w in zip(moved, assignments, weights):
+    for j, (v, a, w) in enumerate(zip(moved, assignments, weights)):
         if v.shape[len(axes):] != rest or any(v.shape[i] != len(a) for i in range(len(axes))):
-            raise ValueError(f"simplex value of shape {tuple(v.shape)} does not match its assignment")
+            raise ValueError(
+                f"client {j}: simplex value of shape {tuple(values[j].shape)} does not match its "
+                f"{len(a)} assigned components"
+            )
         index = torch.meshgrid(*([a] * len(axes)), indexing="ij")
         total.index_put_(index, v.double() * float(w), accumulate=True)
         seen.index_put_(index, torch.ones_like(v, dtype=torch.bool), accumulate=True)

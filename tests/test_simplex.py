@@ -33,5 +33,5 @@ def test_unseen_entries_get_the_prior_concentration():
 
 
 def test_shape_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="does not match its assignment"):
+    with pytest.raises(ValueError, match="client 0: simplex value of shape \\(3,\\) does not match its 2"):
         rebuild_simplex([torch.ones(3) / 3], [0], [torch.tensor([0, 1])], torch.ones(1), 2, 1.0)
