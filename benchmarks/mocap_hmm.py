@@ -1,0 +1,60 @@
+"""
+Benchmark of the main job (issue 4): fuse per-sequence HMMs on mocap6 over several seeds.
+
+Runs :func:`pyro_fusion.demo.run_demo` once per seed (nothing written to disk) and prints one
+JSON object: the per-seed rows (fused, pooled, kmeans, local_mean, seconds) and the mean and
+standard deviation of every number over seeds.
+
+    python benchmarks/mocap_hmm.py --seeds 0 1 2 3 4 --steps 400
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+from pyro_fusion.demo import run_demo
+
+ROWS = ("fused", "pooled", "kmeans", "local_mean")
+
+
+def summarise(runs):
+    summary = {}
+    for row in ROWS:
+        summary[row] = {
+            key: {
+                "mean": float(np.mean([r[row][key] for r in runs])),
+                "std": float(np.std([r[row][key] for r in runs])),
+            }
+            for key in runs[0][row]
+        }
+    seconds = [r["seconds"] for r in runs]
+    summary["seconds"] = {"mean": float(np.mean(seconds)), "std": float(np.std(seconds))}
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=400)
+    args = parser.parse_args()
+    runs = []
+    for seed in args.seeds:
+        metrics = run_demo(seed=seed, out=None, steps=args.steps, progress=False)
+        runs.append({key: metrics[key] for key in ROWS + ("seconds", "total_seconds", "price")} | {"seed": seed})
+    result = {
+        "benchmark": "mocap_hmm",
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "true_states": metrics["true_states"],
+        "per_seed": runs,
+        "summary": summarise(runs),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+import itertools
+import json
+import os
+import runpy
+
+import pytest
+import torch
+
+from pyro_fusion.adapters.hmm import fuse_hmms, hmm_components
+from pyro_fusion.metrics import best_matching_accuracy
+from pyro_fusion.demo import pooled_standardiser, run_demo, window_features
+from pyro_fusion.models.hmm import (
+    decode,
+    fit_gaussian_hmm,
+    forward_backward,
+    viterbi,
+)
+
+TUTORIAL = os.path.join(os.path.dirname(__file__), "..", "tutorials", "mocap_hmm.py")
+
+
+def random_hmm(num_states, num_steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    log_init = torch.randn(num_states, generator=g, dtype=torch.float64).log_softmax(-1)
+    log_trans = torch.randn(num_states, num_states, generator=g, dtype=torch.float64).log_softmax(-1)
+    log_obs = torch.randn(num_steps, num_states, generator=g, dtype=torch.float64)
+    return log_init, log_trans, log_obs
+
+
+def path_scores(log_init, log_trans, log_obs):
+    """Log joint of every state path, by enumeration: ``{path: score}``."""
+    num_steps, num_states = log_obs.shape
+    scores = {}
+    for path in itertools.product(range(num_states), repeat=num_steps):
+        score = log_init[path[0]] + log_obs[0, path[0]]
+        for t in range(1, num_steps):
+            score = score + log_trans[path[t - 1], path[t]] + log_obs[t, path[t]]
+        scores[path] = score
+    return scores
+
+
+@pytest.mark.parametrize("num_states,num_steps", [(1, 4), (2, 5), (3, 4), (4, 3)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_viterbi_matches_brute_force(num_states, num_steps, seed):
+    hmm = random_hmm(num_states, num_steps, seed)
+    scores = path_scores(*hmm)
+    best = max(scores.values())
+    path = tuple(viterbi(*hmm).tolist())
+    assert len(path) == num_steps
+    assert torch.allclose(scores[path], best)
+
+
+@pytest.mark.parametrize("num_states,num_steps", [(2, 5), (3, 4)])
+def test_forward_backward_matches_brute_force(num_states, num_steps):
+    hmm = random_hmm(num_states, num_steps, seed=3)
+    scores = path_scores(*hmm)
+    paths = torch.tensor(list(scores))
+    log_joint = torch.stack(list(scores.values()))
+    log_z = log_joint.logsumexp(0)
+    weights = (log_joint - log_z).exp()
+    marginals = torch.stack(
+        [(weights[:, None] * (paths[:, t, None] == torch.arange(num_states))).sum(0) for t in range(num_steps)]
+    )
+    counts = torch.zeros(num_states, num_states, dtype=torch.float64)
+    for t in range(1, num_steps):
+        counts.index_put_((paths[:, t - 1], paths[:, t]), weights, accumulate=True)
+    post = forward_backward(*hmm)
+    assert torch.allclose(post.log_likelihood, log_z)
+    assert torch.allclose(post.marginals, marginals)
+    assert torch.allclose(post.transition_counts, counts)
+
+
+def two_state_sequence(num_steps, seed, dim=3):
+    g = torch.Generator().manual_seed(seed)
+    states = (torch.arange(num_steps) // 10) % 2
+    means = torch.tensor([-2.0, 2.0])[states, None].expand(-1, dim)
+    return means + 0.3 * torch.randn(num_steps, dim, generator=g), states
+
+
+@pytest.fixture(scope="module")
+def small_fit():
+    x, states = two_state_sequence(60, seed=0)
+    return fit_gaussian_hmm([x], num_states=3, num_steps=100, seed=0), x, states
+
+
+def test_fit_recovers_two_states(small_fit):
+    fit, x, states = small_fit
+    path = fit.decode(x)
+    assert best_matching_accuracy(path, states) > 0.95
+    assert fit.losses[-1] < fit.losses[0]
+    assert torch.allclose(fit.occupancy.sum(), torch.tensor(60.0), atol=1e-3)
+    assert torch.allclose(fit.transition_counts.sum(), torch.tensor(59.0), atol=1e-3)
+
+
+def test_hmm_components_round_trip(small_fit):
+    fit, _, _ = small_fit
+    kept = torch.tensor([2, 0])
+    comps = hmm_components(fit, kept)
+    dists = comps.distributions()
+    assert len(comps) == 2
+    assert torch.allclose(dists["loc"].mean, fit.unconstrained["loc"].loc[kept], atol=1e-5)
+    assert torch.allclose(dists["loc"].stddev, fit.unconstrained["loc"].scale[kept], atol=1e-5)
+    # the log_scale field is AutoNormal's unconstrained Normal: its median is the fitted scale
+    assert torch.allclose(dists["log_scale"].mean.exp(), fit.params.scale[kept], atol=1e-5)
+
+
+@pytest.mark.parametrize("num_clients", [2, 3])
+def test_fuse_identical_hmms_returns_the_model(small_fit, num_clients):
+    fit, x, _ = small_fit
+    fused = fuse_hmms([fit] * num_clients, min_occupancy=1.0)
+    kept = fit.occupied(1.0)
+    assert fused.num_states == len(kept)
+    for a in fused.assignments:
+        assert torch.equal(a, fused.assignments[0])
+    glob = fused.assignments[0][kept]
+    assert torch.allclose(fused.params.loc[glob], fit.params.loc[kept], atol=1e-4)
+    assert torch.allclose(fused.params.scale[glob], fit.params.scale[kept], atol=1e-4)
+    xi = fit.transition_counts[kept][:, kept]
+    assert torch.allclose(fused.params.trans[glob][:, glob], xi / xi.sum(-1, keepdim=True), atol=1e-5)
+    assert torch.equal(decode(fused.params, x), fused.assignments[0][fit.decode(x)])
+
+
+def test_fuse_hmms_rejects_bad_input(small_fit):
+    fit, _, _ = small_fit
+    with pytest.raises(ValueError, match="restarts"):
+        fuse_hmms([fit, fit], restarts=0)
+    with pytest.raises(ValueError, match="client 0: no state"):
+        fuse_hmms([fit, fit], min_occupancy=1e9)
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ValueError, match="one D"):
+        fit_gaussian_hmm([torch.zeros(5, 2), torch.zeros(5, 3)], num_states=2)
+    with pytest.raises(ValueError, match="num_states"):
+        fit_gaussian_hmm([torch.zeros(5, 2)], num_states=0)
+
+
+def test_features_and_standardiser():
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randn(t, 2, generator=g) * 3 + 1 for t in (20, 30)]
+    feats = [window_features(x, 4) for x in seqs]
+    assert feats[0].shape == (20, 4)
+    assert torch.allclose(feats[0][5, :2], seqs[0][3:7].mean(0))
+    mean, std = pooled_standardiser(feats)
+    pooled = torch.cat(feats)
+    assert torch.allclose(mean, pooled.mean(0), atol=1e-5)
+    assert torch.allclose(std, pooled.std(0, unbiased=False), atol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        window_features(seqs[0], 1)
+
+
+def test_run_demo_two_sequences(tmp_path):
+    metrics = run_demo(seed=0, out=str(tmp_path), steps=40, sequences=[0, 1], progress=False)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert (tmp_path / "mocap_segmentation.png").stat().st_size > 0
+    for row in ("fused", "pooled", "kmeans", "local_mean"):
+        assert set(saved[row]) >= {"one_minus_hamming", "ari", "num_states"}
+        assert 0.0 <= saved[row]["one_minus_hamming"] <= 1.0
+        assert saved[row] == pytest.approx(metrics[row])
+    assert metrics["fused"]["num_states"] >= 1
+    assert metrics["seconds"] > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"sequences": [0, 6]}, {"sequences": []}])
+def test_run_demo_rejects_bad_input(kwargs):
+    with pytest.raises(ValueError, match="run_demo"):
+        run_demo(out=None, progress=False, **kwargs)
+
+
+def test_tutorial_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYRO_FUSION_SMOKE", "1")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(TUTORIAL, run_name="__main__")
