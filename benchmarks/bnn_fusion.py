@@ -10,7 +10,8 @@ nats per example):
 - ``local_best`` / ``local_mean``: the best local model (by test accuracy) and the mean over clients;
 - ``ensemble``: the average of the J local predictive distributions;
 - ``naive_average``: one round of FedAvg on the guide parameters (elementwise average);
-- ``fused``: :func:`~pyro_fusion.adapters.bnn.fuse_mlps` (KL-fusion, reverse KL), no retraining;
+- ``fused``: :func:`~pyro_fusion.adapters.bnn.fuse_mlps` (KL-fusion, reverse KL by default,
+  ``"location"`` price rule), no retraining;
 - ``fused_point``: the same engine on the posterior means only (PointMass family, a point estimate);
 - ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data;
 - ``pooled``: one model trained on all clients' data together (what fusion cannot see).
@@ -18,7 +19,9 @@ nats per example):
 Prints one JSON list, one object per setting (``seconds``: wall clock, ``cpu_seconds``: this
 process's CPU time, the better measure on a shared machine). ``--small`` runs a reduced version
 for tests.
-Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1]``.
+Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1] [--layers 1]
+[--datasets mnist] [--price-rule location|prior] [--price-scale 1] [--direction reverse|forward]
+[--combine average|product]``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
-from pyro_fusion.adapters.bnn import fuse_mlps, naive_average
+from pyro_fusion.adapters.bnn import PRICE_RULES, fuse_mlps, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
     BayesianMLP,
@@ -79,9 +82,15 @@ def run_setting(
     num_samples: int = 20,
     train_size: Optional[int] = None,
     test_size: Optional[int] = None,
+    price_rule: str = "location",
+    price_scale: float = 1.0,
+    direction: str = "reverse",
+    combine: str = "average",
     seed: int = 0,
 ) -> Dict[str, object]:
-    """Train the clients of one setting, fuse them and score every row."""
+    """Train the clients of one setting, fuse them and score every row (``price_rule``,
+    ``price_scale``, ``direction`` and ``combine`` are passed to
+    :func:`~pyro_fusion.adapters.bnn.fuse_mlps`; the point variant gets the same price rule)."""
     start, cpu_start = time.perf_counter(), time.process_time()
     train, test = LOADERS[dataset](train=True), LOADERS[dataset](train=False)
     x, y = train.images[:train_size], train.labels[:train_size]
@@ -109,11 +118,12 @@ def run_setting(
     best = max(range(num_clients), key=lambda j: local[j].accuracy)
 
     rows: Dict[str, Dict[str, object]] = {}
-    fused = fuse_mlps(posteriors, sizes, prior_scale=prior_scale, seed=seed)
-    rows["fused"] = _row(predict(fused.model, fused.posterior), y_test, list(fused.model.widths))
-    point = fuse_mlps(
-        posteriors, sizes, prior_scale=prior_scale, point_scale=prior_scale, seed=seed
+    common = dict(
+        price_rule=price_rule, price_scale=price_scale, prior_scale=prior_scale, seed=seed
     )
+    fused = fuse_mlps(posteriors, sizes, direction=direction, combine=combine, **common)
+    rows["fused"] = _row(predict(fused.model, fused.posterior), y_test, list(fused.model.widths))
+    point = fuse_mlps(posteriors, sizes, point_scale=prior_scale, **common)
     rows["fused_point"] = _row(
         predict(point.model, point.posterior), y_test, list(point.model.widths)
     )
@@ -160,6 +170,10 @@ def run_setting(
         "test_size": len(x_test),
         "epochs": epochs,
         "samples": num_samples,
+        "price_rule": price_rule,
+        "price_scale": price_scale,
+        "direction": direction,
+        "combine": combine,
         "fused_price": [r.price for r in fused.results],
         "fused_point_price": [r.price for r in point.results],
         "rows": rows,
@@ -178,6 +192,14 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         help="torch threads of this process (default 1: the machine is shared)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--price-rule", choices=PRICE_RULES, default="location")
+    parser.add_argument("--price-scale", type=float, default=1.0, help="multiplies the price")
+    parser.add_argument("--direction", choices=("reverse", "forward"), default="reverse")
+    parser.add_argument("--combine", choices=("average", "product"), default="average")
+    parser.add_argument(
+        "--layers", type=int, nargs="*", help="only the settings with these hidden-layer counts"
+    )
+    parser.add_argument("--datasets", nargs="*", help="only these data sets")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
@@ -186,6 +208,18 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         settings = SMALL_SETTINGS
     else:
         options, settings = {}, SETTINGS
+    settings = [
+        s
+        for s in settings
+        if (args.layers is None or s[2] in args.layers)
+        and (args.datasets is None or s[0] in args.datasets)
+    ]
+    options.update(
+        price_rule=args.price_rule,
+        price_scale=args.price_scale,
+        direction=args.direction,
+        combine=args.combine,
+    )
     results = []
     for dataset, split, layers, epochs in settings:
         try:

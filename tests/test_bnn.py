@@ -11,7 +11,7 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_fusion.adapters.bnn import fuse_mlps, naive_average
+from pyro_fusion.adapters.bnn import PRICE_RULES, fuse_mlps, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_idx, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
     BayesianMLP,
@@ -255,6 +255,71 @@ def test_fused_widths_follow_the_price():
     assert cheap.model.widths == (18,)  # unrelated units: nothing is worth matching
     assert dear.model.widths == (6,)  # one global unit per local unit of a client
     assert dear.results[0].support.eq(3).all()
+
+
+@pytest.mark.parametrize("widths", [(6,), (5, 4)])
+@pytest.mark.parametrize("point_scale", [None, 1.0])
+def test_unmatched_units_average_the_clients_logits(widths, point_scale):
+    generator = torch.Generator().manual_seed(8)
+    clients = [_random_posterior(4, widths, 3, generator) for _ in range(2)]
+    for client in clients:  # one output bias for all, so that only the hidden units differ
+        client["output.bias"] = clients[0]["output.bias"]
+    weights = [1.0, 3.0]
+    fused = fuse_mlps(clients, weights, point_scale=point_scale, price=1e-6)
+    assert fused.model.widths == tuple(2 * w for w in widths)  # every unit kept apart
+    x = torch.randn(9, 4)
+    model = BayesianMLP(4, widths, 3)
+    logits = [_mean_logits(model, c, x).log() for c in clients]
+    pooled = (0.25 * logits[0] + 0.75 * logits[1]).log_softmax(-1)
+    assert torch.allclose(_mean_logits(fused.model, fused.posterior, x).log(), pooled, atol=1e-4)
+
+
+@pytest.mark.parametrize("point_scale", [None, 1.0])
+def test_price_rules_and_scale(point_scale):
+    generator = torch.Generator().manual_seed(9)
+    clients = [_random_posterior(4, (6,), 3, generator) for _ in range(3)]
+    prices = {
+        rule: fuse_mlps(clients, point_scale=point_scale, price_rule=rule).results[0].price
+        for rule in PRICE_RULES
+    }
+    # point estimates: the prior's scale is the units' own, so both rules agree
+    if point_scale is not None:
+        assert prices["location"] == pytest.approx(prices["prior"])
+    else:  # "location": median over units of sum (loc / scale)**2 / 2 over row, bias, column
+
+        def z2(d):
+            return (d.loc / d.scale) ** 2
+
+        units = [
+            z2(c["hidden.0.weight"]).sum(-1)
+            + z2(c["hidden.0.bias"])
+            + z2(c["output.weight"]).sum(0)
+            for c in clients
+        ]
+        expected = torch.cat(units).median().item() / 2
+        assert prices["location"] == pytest.approx(expected, rel=1e-5)
+        assert prices["prior"] != pytest.approx(prices["location"])
+    low, high = (
+        fuse_mlps(clients, point_scale=point_scale, price_scale=s).results[0] for s in (0.5, 4.0)
+    )
+    assert high.price == pytest.approx(8 * low.price)
+    assert len(high.components) <= len(low.components)
+    with pytest.raises(ValueError, match="price_rule"):
+        fuse_mlps(clients, price_rule="median")
+    with pytest.raises(ValueError, match="price_scale"):
+        fuse_mlps(clients, price_scale=0.0)
+
+
+@pytest.mark.parametrize("widths", [(6,), (5, 4)])
+def test_point_variant_does_not_depend_on_point_scale(widths):
+    generator = torch.Generator().manual_seed(10)
+    clients = [_random_posterior(4, widths, 3, generator) for _ in range(3)]
+    a, b = (fuse_mlps(clients, [1.0, 2.0, 3.0], point_scale=s) for s in (0.1, 3.0))
+    assert a.model.widths == b.model.widths
+    for r, q in zip(a.results, b.results):
+        assert all(torch.equal(x, y) for x, y in zip(r.assignments, q.assignments))
+    for name, d in a.posterior.items():
+        assert torch.allclose(d.mean, b.posterior[name].mean, atol=1e-5)
 
 
 def test_adapter_errors_name_the_client():

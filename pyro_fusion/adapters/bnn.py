@@ -11,8 +11,15 @@ through its layer-``k`` assignment into the global layer-``k`` units, where entr
 units the client lacks are the prior ``Normal(0, prior_scale)`` (value 0 for point
 estimates); then layer ``k+1`` is matched, and so on. Connections between two global units
 that no client matched to both has are set to mean 0 with a small scale (``absent_scale``).
-The output biases, which every client has once, are fused by a weighted KL barycenter. The
-fused network has the learned widths and comes back as a new
+The outgoing columns of the last hidden layer are matched with their units, and the fused
+column of a global unit is its barycenter times the share ``W_g / W`` of the total client weight
+matched to it, i.e. the weighted average over *all* clients where a client lacking the unit
+contributes 0 (as its re-indexed output row would). So the fused logits are the weighted
+average of the clients' logits when matched units compute the same feature (a log-linear
+pool); without this, a unit held by one client would enter the logits with full weight and
+a matched one with averaged weight, and a fused network of unmatched units would add up the
+clients' logits (overconfident). The output biases, which every client has once, are fused
+by a weighted KL barycenter. The fused network has the learned widths and comes back as a new
 :class:`~pyro_fusion.models.bnn.BayesianMLP` with a guide.
 """
 
@@ -27,10 +34,13 @@ from torch import Tensor
 
 from ..barycenter import barycenter
 from ..components import Components
-from ..fusion import FusionResult, fuse
+from ..fusion import FusionResult, client_weights, default_price, fuse
 from ..models.bnn import BayesianMLP, delta_guide, normal_guide
 
-__all__ = ["FusedMLP", "fuse_mlps", "naive_average"]
+__all__ = ["FusedMLP", "PRICE_RULES", "fuse_mlps", "naive_average"]
+
+#: the default price rules of :func:`fuse_mlps`
+PRICE_RULES = ("location", "prior")
 
 
 class FusedMLP(NamedTuple):
@@ -110,6 +120,33 @@ def _connections(
     return seen
 
 
+def _client_share(assignments: List[Tensor], weights: Tensor, num_global: int) -> Tensor:
+    """``[num_global]``: the fraction of the total client weight matched to each global unit."""
+    fractions = weights / weights.sum()
+    per_unit = torch.cat([w_j.expand(len(a)) for w_j, a in zip(fractions, assignments)])
+    return per_unit.new_zeros(num_global).index_add_(0, torch.cat(assignments), per_unit)
+
+
+def _location_price(
+    unit_fields: List[Dict[str, tuple]],
+    weights: Union[Sequence[float], Tensor, None],
+    point_scale: Optional[float],
+) -> float:
+    """The ``"location"`` price rule of :func:`fuse_mlps` from each client's ``(loc, scale)``."""
+    w = client_weights(weights, len(unit_fields))
+    worth = []
+    for w_j, parts in zip(w, unit_fields):
+        d = sum(
+            ((loc / (scale if point_scale is None else point_scale)) ** 2)
+            .reshape(len(loc), -1)
+            .sum(-1)
+            .double()
+            for loc, scale in parts.values()
+        )
+        worth.append(w_j * d / 2)
+    return float(torch.cat(worth).median())
+
+
 def _loc_scale(d: dist.Distribution):
     return d.mean.detach(), d.stddev.detach()
 
@@ -121,7 +158,10 @@ def fuse_mlps(
     prior_scale: float = 1.0,
     point_scale: Optional[float] = None,
     direction: str = "reverse",
+    combine: str = "average",
     price: Union[float, Sequence[float], None] = None,
+    price_rule: str = "location",
+    price_scale: float = 1.0,
     num_global: Union[int, Sequence[int], None] = None,
     absent_scale: float = 1e-3,
     seed: int = 0,
@@ -152,11 +192,31 @@ def fuse_mlps(
     :param float point_scale: if given, fuse the posterior *means* only, read as
         :class:`~pyro_fusion.expfam.PointMass` with this scale (the point-estimate variant);
         the result is a point estimate with an :class:`~pyro.infer.autoguide.AutoDelta` guide.
+        With a default price (either rule) the result does not depend on ``point_scale``: the
+        costs and the price both scale as ``1 / point_scale**2``.
     :param str direction: KL direction, see :func:`~pyro_fusion.fuse`.
-    :param price: price of a global unit, one for all hidden layers or one per layer.
-        Default: :func:`~pyro_fusion.default_price` with the prior ``Normal(0, prior_scale)``
-        (``PointMass`` at 0 for point estimates) as ``p0``, i.e. the median over local units of
-        ``w_j KL(q_jl || p0)``, what a unit is worth beyond the prior.
+    :param price: price of a global unit, one for all hidden layers or one per layer;
+        by default set by ``price_rule``.
+    :param str price_rule: the default price of a layer, the median over the clients' local
+        units ``l`` of ``w_j D_l`` (client weights normalised to mean 1) with
+
+        - ``"location"``: ``D_l = sum (loc / scale)**2 / 2`` over the unit's fields, i.e.
+          ``KL(q_l || Normal(0, scale_l))``: how far the unit is from the prior's *location*,
+          measured in its own scales (``point_scale`` for point estimates, where this is the
+          same as ``"prior"``). A matched partner shares the unit's precision, so only its
+          location is what the unit is worth beyond the prior.
+        - ``"prior"``: ``D_l = KL(q_l || Normal(0, prior_scale))``
+          (:func:`~pyro_fusion.default_price` with the prior as ``p0``). It also counts the
+          information in the scales, ``log(prior_scale / scale)`` per weight. For trained MLPs,
+          whose weights are small against ``prior_scale`` and confident, this term dominates
+          and the price merges far more units (``benchmarks/bnn_fusion.py``, heterogeneous
+          MNIST, 10 clients of 100 units: fused width 202 and test accuracy 0.868, against
+          793 and 0.915 with ``"location"``).
+    :param float price_scale: multiplies the default price (ignored when ``price`` is given);
+        below 1 keeps more units (wider, closer to the clients' ensemble), above 1 merges more.
+    :param str combine: how matched units are combined, see :func:`~pyro_fusion.fuse`:
+        ``"average"`` (KL barycenter) or ``"product"`` (product of the clients' posteriors
+        divided by the shared prior ``Normal(0, prior_scale)`` counted once).
     :param num_global: parametric mode: fused width, one for all layers or one per layer.
     :param float absent_scale: scale of the fused weights between two global units that no
         client matched to both has (their barycenter would be the prior; they are set to mean
@@ -168,6 +228,10 @@ def fuse_mlps(
     depth = _check_clients(posteriors)
     if not prior_scale > 0:
         raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+    if price_rule not in PRICE_RULES:
+        raise ValueError(f"unknown price_rule {price_rule!r}; expected one of {PRICE_RULES}")
+    if not price_scale > 0:
+        raise ValueError(f"price_scale must be positive, got {price_scale}")
     prices = list(price) if isinstance(price, (list, tuple)) else [price] * depth
     widths = list(num_global) if isinstance(num_global, (list, tuple)) else [num_global] * depth
     if len(prices) != depth or len(widths) != depth:
@@ -192,7 +256,7 @@ def fuse_mlps(
     num_prev = _shape(posteriors[0]["hidden.0.weight"])[1]
     for k in range(depth):
         last = k == depth - 1
-        clients = []
+        clients, unit_fields = [], []
         for j, post in enumerate(posteriors):
             w_loc, w_scale = _loc_scale(post[f"hidden.{k}.weight"])
             if assignments is not None:
@@ -203,6 +267,7 @@ def fuse_mlps(
                 out_loc, out_scale = _loc_scale(post["output.weight"])
                 parts["out"] = (out_loc.T, out_scale.T)
             clients.append(units(parts))
+            unit_fields.append(parts)
         prior = units(
             {
                 name: (
@@ -212,11 +277,19 @@ def fuse_mlps(
                 for name, (loc, _) in parts.items()
             }
         )
+        layer_price = prices[k]
+        if layer_price is None and widths[k] is None:
+            if price_rule == "prior":
+                layer_price = default_price(clients, weights, direction, prior)
+            else:
+                layer_price = _location_price(unit_fields, weights, point_scale)
+            layer_price *= price_scale
         result = fuse(
             clients,
             weights,
             direction=direction,
-            price=prices[k],
+            combine=combine,
+            price=layer_price,
             num_global=widths[k],
             prior=prior,
             seed=seed,
@@ -231,15 +304,19 @@ def fuse_mlps(
         fused[f"hidden.{k}.weight"] = (w_loc, w_scale)
         fused[f"hidden.{k}.bias"] = _loc_scale(global_fields["bias"])
         if last:
+            share = _client_share(
+                result.assignments, client_weights(weights, len(posteriors)), result.num_global
+            )
             out_loc, out_scale = _loc_scale(global_fields["out"])
-            fused["output.weight"] = (out_loc.T, out_scale.T)
+            share = share.to(out_loc).unsqueeze(-1)
+            fused["output.weight"] = ((out_loc * share).T, (out_scale * share).T)
         assignments, num_prev = result.assignments, result.num_global
 
     bias_loc, bias_scale = (
         torch.stack(t) for t in zip(*(_loc_scale(p["output.bias"]) for p in posteriors))
     )
-    client_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
-    shared = barycenter(units({"bias": (bias_loc, bias_scale)}), client_weights, direction)
+    bias_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
+    shared = barycenter(units({"bias": (bias_loc, bias_scale)}), bias_weights, direction)
     fused["output.bias"] = tuple(t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"]))
 
     ref = posteriors[0]
