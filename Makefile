@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY
 VENV_PYTHON := $(VENV)/bin/python
 # Re-install when the packaging metadata changes; otherwise `make venv` is a no-op.
 STAMP := $(VENV)/.pyro-fusion-installed
-BENCHMARKS := $(sort $(wildcard benchmarks/*.py))
+BENCHMARKS := $(sort $(filter-out benchmarks/_%.py,$(wildcard benchmarks/*.py)))
 
 .PHONY: venv test demo bench clean
 

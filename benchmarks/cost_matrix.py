@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
 import torch
+from _environment import run_environment
 from torch.distributions import Normal
 
 from pyro_fusion import Components, KLGeometry, kl_cost_matrix
@@ -89,13 +89,10 @@ def main() -> None:
     cases = [run_case(d, n, args.repeats, dtype) for d in DIMS for n in SIZES]
     out = {
         "cases": cases,
-        "threads": torch.get_num_threads(),
         "dtype": args.dtype,
         "repeats": args.repeats,
         "statistic": "median",
-        "load_average": list(os.getloadavg()),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "torch": torch.__version__,
+        **run_environment(),
     }
     print(json.dumps(out))
 

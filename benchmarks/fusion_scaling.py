@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
 import torch
+from _environment import run_environment
 
 from pyro_fusion import fuse
 from pyro_fusion.metrics import hausdorff
@@ -72,12 +72,9 @@ def main() -> None:
     cases = [run_case(*case, args.repeats, args.seed) for case in CASES[args.cases]]
     out = {
         "cases": cases,
-        "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "seed": args.seed,
-        "load_average": list(os.getloadavg()),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "torch": torch.__version__,
+        **run_environment(),
     }
     print(json.dumps(out))
 
