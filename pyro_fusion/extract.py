@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.distributions import Independent, TransformedDistribution, biject_to
 
 from .components import Components
-from .expfam import DiagNormal, ExponentialFamily, PointMass, family_from_spec, family_of
+from .expfam import DiagNormal, ElementwiseFamily, ExponentialFamily, PointMass, family_from_spec, family_of
 
 
 @dataclass
@@ -69,18 +69,11 @@ class SiteEstimate:
         flattened into ``N`` and the rest joined to the event."""
         rest = tuple(self.batch_shape[leading:])
         spec = self.family.spec()
-        if rest and not _joinable(self.family):
+        if rest and not isinstance(self.family, ElementwiseFamily):
             raise ValueError(f"{self.family!r} cannot absorb batch dims {rest} into its event")
         spec["event_shape"] = list(rest) + list(spec["event_shape"])
         family = family_from_spec(spec)
         return family, self.natural.reshape(-1, family.dim)
-
-
-def _joinable(family: ExponentialFamily) -> bool:
-    """Whether batch dims in front of the event can be joined to it (flat layout agrees)."""
-    from .expfam import ElementwiseFamily
-
-    return isinstance(family, ElementwiseFamily) or family.name in ("dirichlet", "categorical")
 
 
 @dataclass

@@ -123,17 +123,17 @@ def client_weights(weights, num_clients: int) -> Tensor:
 class _FusionState:
     """Assignments plus per-global float64 sums; see the module docstring."""
 
-    def __init__(self, geometry, xs, phis, weights, price, num_global, rng):
+    def __init__(self, geometry, xs64, dtype, phis, weights, price, num_global, rng):
         self.geometry = geometry
-        self.xs = xs  # per client [L_j, d] in the working dtype
-        self.xs64 = [x.double() for x in xs]
+        self.xs64 = xs64  # per client [L_j, d] float64, for the sums
+        self.xs = [x.to(dtype) for x in xs64]  # the same in the working dtype, for the GEMMs
         self.phis = phis  # per client [L_j] float64
         self.weights = weights
         self.price = price
         self.parametric = num_global is not None
         self.rng = rng
-        d = xs[0].shape[-1]
-        self.assign: List[Optional[Tensor]] = [None] * len(xs)
+        d = xs64[0].shape[-1]
+        self.assign: List[Optional[Tensor]] = [None] * len(xs64)
         self.sum = torch.zeros(0, d, dtype=torch.float64)
         self.weight = torch.zeros(0, dtype=torch.float64)
         self.count = torch.zeros(0, dtype=torch.long)
@@ -410,7 +410,7 @@ def fuse(
     xs64 = [geometry.coordinates(c.concat().double()) for c in clients]
     phis = [geometry.potential(x) for x in xs64]
     rng = np.random.default_rng(seed)
-    state = _FusionState(geometry, [x.to(dtype) for x in xs64], phis, w, price, num_global, rng)
+    state = _FusionState(geometry, xs64, dtype, phis, w, price, num_global, rng)
     for j in rng.permutation(len(clients)):
         state.update(int(j))
     objective = [state.objective()]
