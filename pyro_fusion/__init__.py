@@ -4,7 +4,7 @@ from .components import Components, Field
 from .cost import KLGeometry, kl_cost_matrix
 from .extract import GuidePosterior, extract
 from .fused import FusedAutoNormal, FusedPosterior, FusedPrior, fuse_posteriors, init_to_fused
-from .fusion import FusionResult, default_price, fuse
+from .fusion import FusionResult, default_price, fuse, spread_price
 from .io import load_components, load_result, save_components
 
 __version__ = "0.1.0"
@@ -27,5 +27,6 @@ __all__ = [
     "kl_cost_matrix",
     "load_components",
     "load_result",
+    "spread_price",
     "save_components",
 ]

@@ -51,6 +51,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _price(text: str):
+    if text == "spread":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number or "spread", got {text!r}') from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyro-fusion`` console script."""
     parser = argparse.ArgumentParser(prog="pyro-fusion", description=__doc__)
@@ -61,7 +70,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     fuse.add_argument("-o", "--output", required=True, help="where to write the fused posterior")
     fuse.add_argument("--direction", choices=["reverse", "forward"], default="reverse")
     fuse.add_argument("--num-global", type=int, default=None, help="parametric mode: number of globals")
-    fuse.add_argument("--price", type=float, default=None, help="price of a global component")
+    fuse.add_argument(
+        "--price",
+        type=_price,
+        default=None,
+        help='price of a global component: a number or "spread" (default: closest-pair rule)',
+    )
     fuse.add_argument("--seed", type=int, default=0)
     fuse.set_defaults(run=_fuse)
 

@@ -333,13 +333,115 @@ def default_price(
     return float(torch.stack(minima).median())
 
 
+#: default ``multiple`` of :func:`spread_price`
+SPREAD_MULTIPLE = 40.0
+#: costs below this (nats) count as this in :func:`spread_price`
+COST_FLOOR = 1e-3
+
+
+def spread_price(
+    clients: Sequence[Components],
+    weights: Optional[Tensor] = None,
+    direction: str = "reverse",
+    multiple: float = SPREAD_MULTIPLE,
+    iterations: int = 4,
+    max_rows: int = 2048,
+    seed: int = 0,
+) -> float:
+    """
+    A price set by the spread between versions of one component: ``multiple`` times the
+    median cost ``w_j KL`` of a local component to the global it is matched to (over globals
+    matched by at least two clients), found self-consistently.
+
+    It starts from ``multiple`` times the median cost of a local component to its nearest
+    component in *another* client (a counterpart, when each component is held by several
+    clients), fuses at that price, re-estimates the spread from the matches, and repeats
+    until the number of globals stops changing (at most ``iterations`` fusions). The price
+    grows with the spread as posteriors sharpen with data and does not depend on the
+    distance between *different* components, unlike the closest-pair rule of
+    :func:`default_price`, which merges close components whenever most clients hold only
+    far-apart ones (see ``benchmarks/gmm_paper.py``).
+
+    Example::
+
+        >>> from torch.distributions import Normal
+        >>> a = Components.from_distributions({"x": Normal(torch.tensor([[0.0], [10.0]]), 0.1)})
+        >>> b = Components.from_distributions({"x": Normal(torch.tensor([[0.2], [10.1]]), 0.1)})
+        >>> round(spread_price([a, b]), 1)  # member costs 0.5, 0.5, 0.125, 0.125: 40 * 0.125
+        5.0
+
+    :param list clients: the clients' :class:`Components` (at least two clients).
+    :param Tensor weights: client weights (normalised to mean 1), default uniform.
+    :param str direction: the KL direction of the cost.
+    :param float multiple: the price in units of the spread.
+    :param int iterations: maximum number of fusions.
+    :param int max_rows: the starting median is taken over at most this many local
+        components (a random subset), which bounds its work at ``max_rows`` x all components.
+    :param int seed: seed of that subset and of the fusions' client order.
+    """
+    if len(clients) < 2:
+        raise ValueError("spread_price needs at least two clients")
+    if not (multiple > 0 and np.isfinite(multiple)):
+        raise ValueError(f"multiple must be positive and finite, got {multiple}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    w = client_weights(weights, len(clients))
+    geometry = KLGeometry(clients[0].families, direction)
+    xs = [geometry.coordinates(c.concat().double()) for c in clients]
+    price = multiple * _nearest_cost_median(geometry, xs, w, max_rows, seed)
+    count = None
+    for _ in range(iterations):
+        result = fuse(clients, w, direction=direction, price=price, seed=seed)
+        if result.num_global == count:
+            break
+        count = result.num_global
+        spread = _member_cost_median(geometry, xs, w, result)
+        if spread is None:  # no global is shared by two clients
+            break
+        price = multiple * spread
+    return price
+
+
+def _nearest_cost_median(geometry: KLGeometry, xs: List[Tensor], w: Tensor, max_rows: int, seed: int) -> float:
+    """Median over (at most ``max_rows``) local components of ``w_j`` times the cost to the
+    nearest component of another client."""
+    x = torch.cat(xs)
+    owner = torch.cat([torch.full((len(xj),), j) for j, xj in enumerate(xs)])
+    rows = torch.arange(len(x))
+    if len(x) > max_rows:
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_rows]
+    y, c, _ = geometry.dual(x)
+    phi = geometry.potential(x)
+    nearest = []
+    for chunk in rows.split(256):
+        cost = KLGeometry.cost(x[chunk], phi[chunk], y, c)
+        cost = cost.masked_fill(owner[chunk, None] == owner[None], float("inf"))
+        nearest.append(cost.min(-1).values * w[owner[chunk]])
+    return max(float(torch.cat(nearest).median()), COST_FLOOR)
+
+
+def _member_cost_median(geometry: KLGeometry, xs: List[Tensor], w: Tensor, result: "FusionResult") -> Optional[float]:
+    """Median of ``w_j`` times the cost of a local component to its global, over globals
+    matched by at least two clients (None if there is none)."""
+    y, c, _ = geometry.dual(geometry.coordinates(result.components.concat().double()))
+    costs = []
+    for j, (x, a) in enumerate(zip(xs, result.assignments)):
+        shared = result.support[a] >= 2
+        cost = KLGeometry.cost(x[shared], geometry.potential(x[shared]), y, c)
+        costs.append(cost.gather(-1, a[shared, None]).squeeze(-1) * w[j])
+    costs = torch.cat(costs)
+    if costs.numel() == 0:
+        return None
+    return max(float(costs.median()), COST_FLOOR)
+
+
 def fuse(
     clients: Sequence[Components],
     weights: Union[Sequence[float], Tensor, None] = None,
     *,
     direction: str = "reverse",
     num_global: Optional[int] = None,
-    price: Optional[float] = None,
+    price: Union[float, str, None] = None,
     prior: Optional[Components] = None,
     combine: str = "average",
     max_sweeps: int = 100,
@@ -364,8 +466,8 @@ def fuse(
         natural-parameter averaging; ``"forward"`` minimises ``sum KL(local || global)`` with
         moment matching.
     :param int num_global: parametric mode: this many global components, no new ones.
-    :param float price: nonparametric mode: price of a global component
-        (default :func:`default_price`).
+    :param price: nonparametric mode: price of a global component, or ``"spread"``
+        for :func:`spread_price` (default :func:`default_price`).
     :param Components prior: one prior component; sets the default price and is needed by
         ``combine="product"``.
     :param str combine: ``"average"`` (the barycenter) or ``"product"``: after matching,
@@ -399,6 +501,10 @@ def fuse(
         price = None
     elif price is None:
         price = default_price(clients, w, direction, prior)
+    elif isinstance(price, str):
+        if price != "spread":
+            raise ValueError(f'unknown price rule {price!r}; expected a number or "spread"')
+        price = spread_price(clients, w, direction, seed=seed)
     elif not (price > 0 and np.isfinite(price)):
         raise ValueError(f"price must be positive and finite, got {price}")
     if dtype is None:

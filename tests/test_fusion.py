@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from pyro_fusion import Components, FusionResult, barycenter, default_price, fuse, kl_cost_matrix
+from pyro_fusion import Components, FusionResult, barycenter, default_price, fuse, kl_cost_matrix, spread_price
 from pyro_fusion.expfam import DiagNormal, PointMass
 from pyro_fusion.metrics import hausdorff
 from pyro_fusion.synthetic import gaussian_atoms_problem
@@ -78,14 +78,15 @@ def test_client_order_changes_nothing_when_optimum_is_unique(seed):
     assert_same_up_to_relabelling(ref, other, 1e-8)
 
 
+@pytest.mark.parametrize("price", [None, "spread"])
 @pytest.mark.parametrize("noise", [0.05, 0.2, 0.5])
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_recovers_true_count(noise, direction):
+def test_recovers_true_count(noise, direction, price):
     D = 3
     problem = gaussian_atoms_problem(
         20, 10, D, noise=noise, posterior_scale=noise, atom_scale=20.0, keep_prob=0.6, seed=7
     )
-    result = fuse(problem.clients, direction=direction)
+    result = fuse(problem.clients, direction=direction, price=price)
     assert result.num_global == len(problem.used_atoms) == 20
     assert hausdorff(fused_means(result), problem.used_atoms) < noise * D**0.5
     assert_objective_never_increases(result)
@@ -391,3 +392,75 @@ def test_fusion_invariants(sizes, dim, spread, price, direction, seed):
         for c, a in zip(clients, result.assignments)
     )
     assert result.objective[-1] == pytest.approx(total + price * result.num_global, rel=1e-9, abs=1e-9)
+
+
+def close_pair_never_together(seed):
+    """Atoms A, B far apart and C close to A; clients hold {A, B} or {B, C}, never A and C."""
+    gen = torch.Generator().manual_seed(seed)
+    atoms = torch.tensor([[0.0, 0.0], [20.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    clients = []
+    for j in range(10):
+        held = atoms[[0, 1]] if j < 6 else atoms[[1, 2]]
+        loc = held + 0.1 * torch.randn(held.shape, generator=gen, dtype=torch.float64)
+        clients.append(normal_client(loc, 0.1))
+    return clients
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spread_price_separates_close_components_no_client_holds_together(direction, seed):
+    clients = close_pair_never_together(seed)
+    # every client's closest pair is far apart, so that price merges A and C ...
+    assert fuse(clients, direction=direction, seed=seed).num_global == 2
+    # ... while the spread between versions of one atom keeps them apart
+    result = fuse(clients, direction=direction, price="spread", seed=seed)
+    assert result.num_global == 3
+    assert result.price == pytest.approx(spread_price(clients, direction=direction, seed=seed))
+    assert_objective_never_increases(result)
+
+
+def test_spread_price_invariances():
+    problem = gaussian_atoms_problem(8, 5, 2, noise=0.2, posterior_scale=0.2, seed=4, dtype=torch.float64)
+    clients = problem.clients
+    base = spread_price(clients)
+    assert base > 0
+    assert spread_price(clients[::-1]) == pytest.approx(base)
+    shuffled = [Components({n: (f.family, f.natural.flip(0)) for n, f in c.fields.items()}) for c in clients]
+    assert spread_price(shuffled) == pytest.approx(base)
+    assert spread_price(clients, weights=torch.full((5,), 7.0)) == pytest.approx(base)
+    assert spread_price(clients, multiple=20.0, iterations=1) == pytest.approx(spread_price(clients, iterations=1) / 2)
+    # the price is a fixed point: fusing at it finds the spread it was set from
+    result = fuse(clients, price=base)
+    assert spread_price(clients, iterations=10) == pytest.approx(base)
+    assert result.num_global == fuse(clients, price="spread").num_global
+    # a random subset of rows starts the search from a similar estimate
+    assert spread_price(clients, max_rows=len(torch.cat([c.concat() for c in clients])) - 1) > 0
+    # identical clients: every nearest cost is 0; the floor keeps the price positive
+    assert spread_price([clients[0]] * 3) > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"multiple": 0.0}, "multiple must be positive"),
+        ({"multiple": float("inf")}, "multiple must be positive"),
+        ({"iterations": 0}, "iterations must be >= 1"),
+    ],
+)
+def test_spread_price_errors(kwargs, match):
+    problem = gaussian_atoms_problem(4, 3, 2, seed=0)
+    with pytest.raises(ValueError, match=match):
+        spread_price(problem.clients, **kwargs)
+    with pytest.raises(ValueError, match="at least two clients"):
+        spread_price(problem.clients[:1])
+    with pytest.raises(ValueError, match="unknown price rule 'nearest'"):
+        fuse(problem.clients, price="nearest")
+
+
+def test_fusion_docstring_examples():
+    import doctest
+
+    import pyro_fusion.fusion
+
+    result = doctest.testmod(pyro_fusion.fusion, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0

@@ -150,6 +150,7 @@ def _run_script(path, monkeypatch, capsys, argv=()):
 def test_gmm_fusion_tutorial_runs(monkeypatch, capsys):
     out = _run_script("tutorials/gmm_fusion.py", monkeypatch, capsys)
     assert "global components: 3" in out
+    assert "global components with price='spread': 3" in out
     distance = float(out.split("Hausdorff distance to the true means:")[1].split()[0])
     assert distance < 0.5
 

@@ -86,6 +86,16 @@ print("fused mixture weights:", fused.simplex["weights"][1])
 print("Hausdorff distance to the true means:", hausdorff(fused_locs, true_locs))
 
 # %% [markdown]
+# The price decides when a local component opens a new global one. The default compares a
+# component's cost with the cost between two components of one party; `price="spread"`
+# (`pyro_fusion.spread_price`) compares it with the spread between versions of one component,
+# which keeps close clusters apart even when no party holds both (the paper's simulation,
+# `benchmarks/gmm_paper.py`, uses it).
+
+# %%
+print("global components with price='spread':", fuse_posteriors(posteriors, price="spread").num_global)
+
+# %% [markdown]
 # ## 4. Write the fused posterior back as a Pyro guide
 #
 # `to_guide` builds an `AutoNormal` (named `FusedAutoNormal`, so it never collides with the
