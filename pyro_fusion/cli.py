@@ -46,7 +46,7 @@ def _fuse(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import format_table, run_demo
 
-    metrics = run_demo(seed=args.seed, out=args.out, steps=args.steps)
+    metrics = run_demo(seed=args.seed, out=args.out, steps=args.steps, em_rounds=args.em_rounds)
     print(format_table(metrics))
     return 0
 
@@ -83,6 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default=".", help="folder for metrics.json and the PNG")
     demo.add_argument("--steps", type=int, default=None, help="SVI steps per local fit")
+    demo.add_argument("--em-rounds", type=int, default=10, help="federated EM rounds after fusion")
     demo.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)

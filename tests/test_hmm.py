@@ -6,10 +6,12 @@ import runpy
 import pytest
 import torch
 
-from pyro_fusion.adapters.hmm import fuse_hmms, hmm_components
+from pyro_fusion.adapters.hmm import em_update, fuse_hmms, hmm_components, hmm_statistics, refine_hmm
 from pyro_fusion.metrics import best_matching_accuracy
 from pyro_fusion.demo import pooled_standardiser, run_demo, window_features
 from pyro_fusion.models.hmm import (
+    HMMParams,
+    HMMPrior,
     decode,
     fit_gaussian_hmm,
     forward_backward,
@@ -128,6 +130,74 @@ def test_fuse_hmms_rejects_bad_input(small_fit):
         fuse_hmms([fit, fit], min_occupancy=1e9)
 
 
+def two_state_params(shift=0.0, dim=3):
+    return HMMParams(
+        init=torch.tensor([0.5, 0.5]),
+        trans=torch.tensor([[0.9, 0.1], [0.1, 0.9]]),
+        loc=torch.tensor([[-2.0], [2.0]]).expand(-1, dim) + shift,
+        scale=torch.ones(2, dim),
+    )
+
+
+def test_statistics_of_clients_add_up_to_one_client_holding_everything():
+    xs = [two_state_sequence(40, seed)[0] for seed in range(3)]
+    params = two_state_params(0.5)
+    separate = [hmm_statistics(params, [x]) for x in xs]
+    together = hmm_statistics(params, xs)
+    for field, value in zip(together._fields, together):
+        torch.testing.assert_close(sum(getattr(s, field) for s in separate), value)
+    assert torch.allclose(together.occupancy.sum(), torch.tensor(120.0), atol=1e-2)
+    assert torch.allclose(together.transition_counts.sum(), torch.tensor(117.0), atol=1e-2)
+    a = em_update(params, separate)
+    b = em_update(params, [together])
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+def test_refine_hmm_recovers_the_emissions_and_raises_the_likelihood():
+    clients = [[two_state_sequence(60, seed)[0]] for seed in range(4)]
+    start = two_state_params(shift=1.0)._replace(scale=torch.full((2, 3), 2.0))
+    params, log_likelihoods = refine_hmm(start, clients, HMMPrior(), rounds=8)
+    assert len(log_likelihoods) == 8
+    assert all(b >= a - 1e-3 * abs(a) for a, b in zip(log_likelihoods, log_likelihoods[1:]))
+    assert log_likelihoods[-1] > log_likelihoods[0] + 100
+    torch.testing.assert_close(params.loc, torch.tensor([[-2.0], [2.0]]).expand(-1, 3), atol=0.1, rtol=0)
+    torch.testing.assert_close(params.scale, torch.full((2, 3), 0.3), atol=0.05, rtol=0)
+    torch.testing.assert_close(params.trans.sum(-1), torch.ones(2))
+    assert params.trans.diagonal().min() > 0.8
+    # the inputs are left as they were
+    torch.testing.assert_close(start.loc, two_state_params(shift=1.0).loc)
+    assert refine_hmm(start, clients, rounds=0) == (start, [])
+
+
+def test_em_update_keeps_unvisited_states():
+    x = two_state_sequence(40, 0)[0]
+    params = HMMParams(
+        init=torch.full((3,), 1 / 3),
+        trans=torch.full((3, 3), 1 / 3),
+        loc=torch.tensor([[-2.0] * 3, [2.0] * 3, [50.0] * 3]),
+        scale=torch.ones(3, 3),
+    )
+    new = em_update(params, [hmm_statistics(params, [x])])
+    torch.testing.assert_close(new.loc[2], params.loc[2])
+    torch.testing.assert_close(new.scale[2], params.scale[2])
+
+
+def test_em_rejects_bad_input():
+    params = two_state_params()
+    with pytest.raises(ValueError, match="sequence 0 has shape"):
+        hmm_statistics(params, [torch.zeros(5, 2)])
+    with pytest.raises(ValueError, match="at least one sequence"):
+        hmm_statistics(params, [])
+    with pytest.raises(ValueError, match="client 1's statistics"):
+        other = HMMParams(torch.ones(3) / 3, torch.full((3, 3), 1 / 3), torch.zeros(3, 3), torch.ones(3, 3))
+        em_update(params, [hmm_statistics(params, [torch.zeros(4, 3)]), hmm_statistics(other, [torch.zeros(4, 3)])])
+    with pytest.raises(ValueError, match="at least one client"):
+        em_update(params, [])
+    with pytest.raises(ValueError, match="rounds must be >= 0"):
+        refine_hmm(params, [[torch.zeros(4, 3)]], rounds=-1)
+
+
 def test_fit_rejects_bad_input():
     with pytest.raises(ValueError, match="one D"):
         fit_gaussian_hmm([torch.zeros(5, 2), torch.zeros(5, 3)], num_states=2)
@@ -153,15 +223,16 @@ def test_run_demo_two_sequences(tmp_path):
     metrics = run_demo(seed=0, out=str(tmp_path), steps=40, sequences=[0, 1], progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert (tmp_path / "mocap_segmentation.png").stat().st_size > 0
-    for row in ("fused", "pooled", "kmeans", "local_mean"):
+    for row in ("fused", "fused_em", "pooled", "kmeans", "local_mean"):
         assert set(saved[row]) >= {"one_minus_hamming", "ari", "num_states"}
         assert 0.0 <= saved[row]["one_minus_hamming"] <= 1.0
         assert saved[row] == pytest.approx(metrics[row])
     assert metrics["fused"]["num_states"] >= 1
     assert metrics["seconds"] > 0
+    assert len(metrics["em_log_likelihoods"]) == 10
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"sequences": [0, 6]}, {"sequences": []}])
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"sequences": [0, 6]}, {"sequences": []}, {"em_rounds": -1}])
 def test_run_demo_rejects_bad_input(kwargs):
     with pytest.raises(ValueError, match="run_demo"):
         run_demo(out=None, progress=False, **kwargs)

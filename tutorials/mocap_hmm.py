@@ -28,7 +28,7 @@ import os
 
 import matplotlib
 
-from pyro_fusion.adapters.hmm import fuse_hmms, hmm_components
+from pyro_fusion.adapters.hmm import fuse_hmms, hmm_components, refine_hmm
 from pyro_fusion.datasets import load_mocap6
 from pyro_fusion.demo import plot_segmentation, pooled_standardiser, segmentation_scores, window_features
 from pyro_fusion.models.hmm import HMMPrior, decode, fit_gaussian_hmm
@@ -131,6 +131,22 @@ local_paths = [fit.decode(x) for fit, x in zip(fits, clients)]
 print("fused :", segmentation_scores(fused_paths, labels))
 for name, path, y in zip(names, local_paths, labels):
     print(f"local {name}:", segmentation_scores([path], [y]))
+
+# %% [markdown]
+# ## Refining the fused model with federated EM
+#
+# Fusion is one-shot: it never looks at a frame. Starting from the fused HMM, a few rounds of
+# federated EM keep its global states and adapt them to all the data: in each round every
+# client runs forward-backward on its own sequence under the current global HMM and sends
+# only per-state sums (`hmm_statistics`); the server adds them up and re-estimates the HMM
+# (`em_update`). `refine_hmm` runs the rounds.
+
+# %%
+client_sequences = [[x] for x in clients]
+refined, log_likelihoods = refine_hmm(fused.params, client_sequences, prior, rounds=10)
+print("log-likelihood per round:", [round(v) for v in log_likelihoods])
+refined_paths = [decode(refined, x) for x in clients]
+print("fused + federated EM:", segmentation_scores(refined_paths, labels))
 
 # %%
 plot_segmentation("mocap_segmentation.png", fused_paths, labels, names, data.behaviours)

@@ -17,10 +17,15 @@ state space through its assignment and summed over clients; entries that no clie
 (no client has both states) get the prior's Dirichlet concentration instead; rows are then
 normalised. Fusing identical clients therefore returns the clients' own count-based
 transition matrix exactly when every entry is seen.
+
+Fusion is one-shot. :func:`refine_hmm` then runs rounds of federated EM from the fused HMM:
+each client computes expected sufficient statistics of its own sequences under the global
+HMM (:func:`hmm_statistics`: per-state sums, no frames) and the server re-estimates the HMM
+from their sum (:func:`em_update`).
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import Normal
@@ -28,7 +33,7 @@ from torch.distributions import Normal
 from ..components import Components
 from ..fusion import FusionResult, fuse
 from ..simplex import rebuild_simplex
-from ..models.hmm import FittedHMM, HMMParams, HMMPrior
+from ..models.hmm import FittedHMM, HMMParams, HMMPrior, forward_backward
 
 
 def hmm_components(fit: FittedHMM, states: Optional[torch.Tensor] = None) -> Components:
@@ -169,3 +174,149 @@ def fuse_hmms(
         full[kept] = a
         assignments.append(full)
     return FusedHMM(params, states, assignments, result)
+
+
+class HMMStatistics(NamedTuple):
+    """
+    Expected sufficient statistics of one client's sequences under a given HMM: all a
+    client sends in a round of :func:`refine_hmm` (sums over frames, no frame itself).
+
+    :param Tensor occupancy: ``[K]`` expected number of frames in each state.
+    :param Tensor sum: ``[K, D]`` expected sum of the frames in each state.
+    :param Tensor sum_squares: ``[K, D]`` expected sum of their squares.
+    :param Tensor transition_counts: ``[K, K]`` expected transition counts.
+    :param Tensor initial_counts: ``[K]`` expected first states.
+    :param Tensor log_likelihood: scalar ``log p(sequences)`` under the HMM.
+    """
+
+    occupancy: torch.Tensor
+    sum: torch.Tensor
+    sum_squares: torch.Tensor
+    transition_counts: torch.Tensor
+    initial_counts: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+def hmm_statistics(params: HMMParams, sequences: Sequence[torch.Tensor]) -> HMMStatistics:
+    """
+    A client's expected sufficient statistics under ``params`` (forward-backward).
+
+    Example::
+
+        stats = hmm_statistics(fused.params, [x])  # on the client; only sums leave it
+
+    :param HMMParams params: the current global HMM.
+    :param list sequences: the client's ``[T_i, D]`` observations.
+    :rtype: HMMStatistics
+    """
+    if not sequences:
+        raise ValueError("hmm_statistics: need at least one sequence")
+    num_states, dim = params.loc.shape
+    for i, x in enumerate(sequences):
+        if x.dim() != 2 or x.shape[-1] != dim:
+            raise ValueError(
+                f"hmm_statistics: sequence {i} has shape {tuple(x.shape)}, expected [T, {dim}]"
+            )
+    zeros = torch.zeros(num_states, dtype=params.loc.dtype)
+    occupancy, initial, loglik = zeros.clone(), zeros.clone(), zeros.new_zeros(())
+    total, squares = torch.zeros_like(params.loc), torch.zeros_like(params.loc)
+    transitions = zeros.new_zeros(num_states, num_states)
+    log_init, log_trans = params.init.log(), params.trans.log()
+    with torch.no_grad():
+        for x in sequences:
+            x = x.to(params.loc.dtype)
+            post = forward_backward(log_init, log_trans, params.emission_log_prob(x))
+            occupancy += post.marginals.sum(0)
+            total += post.marginals.T @ x
+            squares += post.marginals.T @ (x * x)
+            transitions += post.transition_counts
+            initial += post.marginals[0]
+            loglik += post.log_likelihood
+    return HMMStatistics(occupancy, total, squares, transitions, initial, loglik)
+
+
+def em_update(
+    params: HMMParams,
+    statistics: Sequence[HMMStatistics],
+    prior: HMMPrior = HMMPrior(),
+    min_occupancy: float = 1.0,
+) -> HMMParams:
+    """
+    One server step of federated EM: sum the clients' statistics and re-estimate the HMM.
+
+    Emission means are posterior modes under the prior's ``Normal(0, loc_scale)`` (with the
+    current variances); variances get one pseudo-frame at the prior's median scale; the
+    initial distribution and transition rows are Dirichlet posterior means under the prior.
+    States with less than ``min_occupancy`` expected frames over all clients keep their
+    emission parameters.
+
+    Example::
+
+        params = em_update(params, [hmm_statistics(params, [x]) for x in client_data], prior)
+
+    :param HMMParams params: the HMM the statistics were computed under.
+    :param list statistics: one :class:`HMMStatistics` per client.
+    :param HMMPrior prior: the prior every client used.
+    :param float min_occupancy: see above.
+    :rtype: HMMParams
+    """
+    if not statistics:
+        raise ValueError("em_update: need the statistics of at least one client")
+    num_states = len(params.loc)
+    for j, s in enumerate(statistics):
+        if s.sum.shape != params.loc.shape or s.transition_counts.shape != (num_states, num_states):
+            raise ValueError(
+                f"em_update: client {j}'s statistics have shape {tuple(s.sum.shape)}, "
+                f"the HMM has {tuple(params.loc.shape)}"
+            )
+    occupancy = sum(s.occupancy for s in statistics)
+    total = sum(s.sum for s in statistics)
+    squares = sum(s.sum_squares for s in statistics)
+    shrink = params.scale**2 / prior.loc_scale**2
+    loc = total / (occupancy.unsqueeze(-1) + shrink)
+    scatter = squares - 2 * loc * total + occupancy.unsqueeze(-1) * loc**2
+    variance = (scatter.clamp(min=0) + prior.scale_loc**2) / (occupancy.unsqueeze(-1) + 1.0)
+    seen = (occupancy >= min_occupancy).unsqueeze(-1)
+    trans = sum(s.transition_counts for s in statistics) + prior.transition_concentration_matrix(num_states)
+    init = sum(s.initial_counts for s in statistics) + prior.init_concentration
+    return HMMParams(
+        init=init / init.sum(),
+        trans=trans / trans.sum(-1, keepdim=True),
+        loc=torch.where(seen, loc, params.loc),
+        scale=torch.where(seen, variance.sqrt(), params.scale),
+    )
+
+
+def refine_hmm(
+    params: HMMParams,
+    client_sequences: Sequence[Sequence[torch.Tensor]],
+    prior: HMMPrior = HMMPrior(),
+    rounds: int = 10,
+) -> Tuple[HMMParams, List[float]]:
+    """
+    Federated EM from a fused HMM: in each round every client computes
+    :func:`hmm_statistics` on its own sequences and the server applies :func:`em_update`.
+    Only per-state sums leave the clients. Starting from the fused model keeps the global
+    state indexing, so the rounds refine what fusion found rather than relearning it.
+
+    Example::
+
+        fused = fuse_hmms(fits, prior)
+        params, log_likelihoods = refine_hmm(fused.params, [[x] for x in client_data], prior)
+
+    :param HMMParams params: the starting HMM (e.g. ``fuse_hmms(...).params``).
+    :param list client_sequences: per client, its list of ``[T_i, D]`` sequences.
+    :param HMMPrior prior: the prior every client used.
+    :param int rounds: number of EM rounds.
+    :return: the refined HMM and the total log-likelihood before each round.
+    """
+    if rounds < 0:
+        raise ValueError(f"refine_hmm: rounds must be >= 0, got {rounds}")
+    if not client_sequences:
+        raise ValueError("refine_hmm: need at least one client")
+    log_likelihoods = []
+    for _ in range(rounds):
+        statistics = [hmm_statistics(params, sequences) for sequences in client_sequences]
+        log_likelihoods.append(float(sum(s.log_likelihood for s in statistics)))
+        params = em_update(params, statistics, prior)
+    return params, log_likelihoods
