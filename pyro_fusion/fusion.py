@@ -402,7 +402,9 @@ def spread_price(
     return price
 
 
-def _nearest_cost_median(geometry: KLGeometry, xs: List[Tensor], w: Tensor, max_rows: int, seed: int) -> float:
+def _nearest_cost_median(
+    geometry: KLGeometry, xs: List[Tensor], w: Tensor, max_rows: int, seed: int
+) -> float:
     """Median over (at most ``max_rows``) local components of ``w_j`` times the cost to the
     nearest component of another client."""
     x = torch.cat(xs)
@@ -420,7 +422,9 @@ def _nearest_cost_median(geometry: KLGeometry, xs: List[Tensor], w: Tensor, max_
     return max(float(torch.cat(nearest).median()), COST_FLOOR)
 
 
-def _member_cost_median(geometry: KLGeometry, xs: List[Tensor], w: Tensor, result: "FusionResult") -> Optional[float]:
+def _member_cost_median(
+    geometry: KLGeometry, xs: List[Tensor], w: Tensor, result: FusionResult
+) -> Optional[float]:
     """Median of ``w_j`` times the cost of a local component to its global, over globals
     matched by at least two clients (None if there is none)."""
     y, c, _ = geometry.dual(geometry.coordinates(result.components.concat().double()))

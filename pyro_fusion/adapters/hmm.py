@@ -277,7 +277,8 @@ def em_update(
     scatter = squares - 2 * loc * total + occupancy.unsqueeze(-1) * loc**2
     variance = (scatter.clamp(min=0) + prior.scale_loc**2) / (occupancy.unsqueeze(-1) + 1.0)
     seen = (occupancy >= min_occupancy).unsqueeze(-1)
-    trans = sum(s.transition_counts for s in statistics) + prior.transition_concentration_matrix(num_states)
+    trans = sum(s.transition_counts for s in statistics)
+    trans = trans + prior.transition_concentration_matrix(num_states)
     init = sum(s.initial_counts for s in statistics) + prior.init_concentration
     return HMMParams(
         init=init / init.sum(),
