@@ -23,7 +23,9 @@ its state), ``pooled`` (one HMM fitted on all sequences at once, what a party ho
 the data would do), ``fused`` (one-shot: the fused HMM as it comes out of fusion) and
 ``fused_em`` (the fused HMM after ``em_rounds`` rounds of federated EM,
 :func:`~pyro_fusion.adapters.hmm.refine_hmm`: each client sends only per-state sums of its
-features under the current global HMM).
+features under the current global HMM). ``metrics.json`` also holds every row scored per
+sequence (``local``, ``fused_per_sequence``, ``fused_em_per_sequence``), the like-for-like
+comparison with the local models.
 """
 
 import json
@@ -252,8 +254,13 @@ def run_demo(
     em_seconds = time.perf_counter() - start - fused_seconds
 
     fused_paths = [decode(fused.params, x) for x in clients]
+    refined_paths = [decode(refined, x) for x in clients]
     local_paths = [fit.decode(x) for fit, x in zip(fits, clients)]
     local = [segmentation_scores([p], [y]) for p, y in zip(local_paths, labels)]
+
+    def per_sequence(paths):
+        return {name: segmentation_scores([p], [y]) for name, p, y in zip(names, paths, labels)}
+
     kmeans_paths = kmeans_baseline(
         fits, local_paths, fused.states, min(NUM_BEHAVIOURS, sum(map(len, fused.states))), seed
     )
@@ -262,17 +269,15 @@ def run_demo(
 
     metrics = {
         "fused": segmentation_scores(fused_paths, labels),
-        "fused_em": segmentation_scores([decode(refined, x) for x in clients], labels),
+        "fused_em": segmentation_scores(refined_paths, labels),
         "pooled": segmentation_scores(pooled_paths, labels),
         "kmeans": segmentation_scores(kmeans_paths, labels),
         "local_mean": {
             key: float(np.mean([row[key] for row in local])) for key in local[0]
         },
-        "local": {name: row for name, row in zip(names, local)},
-        "fused_per_sequence": {
-            name: segmentation_scores([p], [y])
-            for name, p, y in zip(names, fused_paths, labels)
-        },
+        "local": per_sequence(local_paths),
+        "fused_per_sequence": per_sequence(fused_paths),
+        "fused_em_per_sequence": per_sequence(refined_paths),
         "seconds": fused_seconds,
         "em_seconds": em_seconds,
         "em_log_likelihoods": log_likelihoods,
