@@ -12,6 +12,8 @@ nats per example):
 - ``naive_average``: one round of FedAvg on the guide parameters (elementwise average);
 - ``fused``: :func:`~pyro_fusion.adapters.bnn.fuse_mlps` (KL-fusion, reverse KL by default,
   ``"location"`` price rule), no retraining;
+- ``fused_class_counts``: ``fused`` with the clients' label histograms (``class_counts``): each
+  class's logit weighted by the clients' share of that class's examples;
 - ``fused_point``: the same engine on the posterior means only (PointMass family, a point estimate);
 - ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data;
 - ``pooled``: one model trained on all clients' data together (what fusion cannot see).
@@ -123,6 +125,13 @@ def run_setting(
     )
     fused = fuse_mlps(posteriors, sizes, direction=direction, combine=combine, **common)
     rows["fused"] = _row(predict(fused.model, fused.posterior), y_test, list(fused.model.widths))
+    counts = torch.stack([torch.bincount(y[p], minlength=10) for p in parts])
+    by_class = fuse_mlps(
+        posteriors, sizes, direction=direction, combine=combine, class_counts=counts, **common
+    )
+    rows["fused_class_counts"] = _row(
+        predict(by_class.model, by_class.posterior), y_test, list(by_class.model.widths)
+    )
     point = fuse_mlps(posteriors, sizes, point_scale=prior_scale, **common)
     rows["fused_point"] = _row(
         predict(point.model, point.posterior), y_test, list(point.model.widths)

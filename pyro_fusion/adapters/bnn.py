@@ -13,7 +13,7 @@ estimates); then layer ``k+1`` is matched, and so on. Connections between two gl
 that no client matched to both has are set to mean 0 with a small scale (``absent_scale``).
 The outgoing columns of the last hidden layer are matched with their units, and the fused
 column of a global unit is its barycenter times the share ``W_g / W`` of the total client weight
-matched to it, i.e. the weighted average over *all* clients where a client lacking the unit
+matched to it (per class, with ``class_counts``), i.e. the weighted average over *all* clients where a client lacking the unit
 contributes 0 (as its re-indexed output row would). So the fused logits are the weighted
 average of the clients' logits when matched units compute the same feature (a log-linear
 pool); without this, a unit held by one client would enter the logits with full weight and
@@ -121,10 +121,36 @@ def _connections(
 
 
 def _client_share(assignments: List[Tensor], weights: Tensor, num_global: int) -> Tensor:
-    """``[num_global]``: the fraction of the total client weight matched to each global unit."""
-    fractions = weights / weights.sum()
-    per_unit = torch.cat([w_j.expand(len(a)) for w_j, a in zip(fractions, assignments)])
-    return per_unit.new_zeros(num_global).index_add_(0, torch.cat(assignments), per_unit)
+    """``[num_global, C]``: per class (column of ``weights [J, C]``), the fraction of the total
+    client weight matched to each global unit."""
+    fractions = weights / weights.sum(0)
+    per_unit = torch.cat([w_j.expand(len(a), -1) for w_j, a in zip(fractions, assignments)])
+    share = per_unit.new_zeros(num_global, weights.shape[-1])
+    return share.index_add_(0, torch.cat(assignments), per_unit)
+
+
+def _output_weights(
+    weights: Union[Sequence[float], Tensor, None],
+    class_counts: Union[Sequence[Sequence[float]], Tensor, None],
+    num_clients: int,
+    num_classes: int,
+) -> Tensor:
+    """``[J, C]`` client weights per output class: ``class_counts`` where a class was seen,
+    else the client weights."""
+    w = client_weights(weights, num_clients).unsqueeze(-1).expand(-1, num_classes)
+    if class_counts is None:
+        return w
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.shape != (num_clients, num_classes):
+        raise ValueError(
+            f"class_counts must be [clients, classes] = [{num_clients}, {num_classes}], "
+            f"got {list(counts.shape)}"
+        )
+    for j in range(num_clients):
+        if not (torch.isfinite(counts[j]).all() and (counts[j] >= 0).all()):
+            raise ValueError(f"client {j}: class_counts must be finite and nonnegative")
+    seen = counts.sum(0) > 0
+    return torch.where(seen, counts, w)
 
 
 def _location_price(
@@ -164,6 +190,7 @@ def fuse_mlps(
     price_scale: float = 1.0,
     num_global: Union[int, Sequence[int], None] = None,
     absent_scale: float = 1e-3,
+    class_counts: Union[Sequence[Sequence[float]], Tensor, None] = None,
     seed: int = 0,
 ) -> FusedMLP:
     """
@@ -221,7 +248,16 @@ def fuse_mlps(
     :param float absent_scale: scale of the fused weights between two global units that no
         client matched to both has (their barycenter would be the prior; they are set to mean
         0 with this small scale, so the fused network is the union of the clients' connections
-        rather than one with prior-noise weights).
+        rather than one with prior-noise weights), and of output weights to a class that none
+        of the unit's clients saw (with ``class_counts``).
+    :param class_counts: optional ``[clients, classes]`` numbers of training examples of
+        each class (the clients' label histograms). The fused output column of a global unit
+        is then scaled per class by the share of *that class's* examples held by the clients
+        matched to it, instead of by their share of all examples: each class's logit is the
+        average of the clients' logits for it weighted by how many of its examples they saw,
+        so clients that never saw a class do not vote against it. Classes no client saw use
+        ``weights``. (Heterogeneous MNIST: ``benchmarks/bnn_fusion.py``, row
+        ``fused_class_counts``.)
     :param int seed: seed of :func:`~pyro_fusion.fuse`.
     :rtype: FusedMLP
     """
@@ -237,6 +273,8 @@ def fuse_mlps(
     if len(prices) != depth or len(widths) != depth:
         raise ValueError(f"price and num_global need one value per hidden layer ({depth})")
     point = point_scale is not None
+    num_classes = _shape(posteriors[0]["output.weight"])[0]
+    output_weights = _output_weights(weights, class_counts, len(posteriors), num_classes)
 
     def field(loc: Tensor, scale: Tensor, event_dim: int) -> dist.Distribution:
         if point:
@@ -304,12 +342,12 @@ def fuse_mlps(
         fused[f"hidden.{k}.weight"] = (w_loc, w_scale)
         fused[f"hidden.{k}.bias"] = _loc_scale(global_fields["bias"])
         if last:
-            share = _client_share(
-                result.assignments, client_weights(weights, len(posteriors)), result.num_global
-            )
+            share = _client_share(result.assignments, output_weights, result.num_global)
             out_loc, out_scale = _loc_scale(global_fields["out"])
-            share = share.to(out_loc).unsqueeze(-1)
-            fused["output.weight"] = ((out_loc * share).T, (out_scale * share).T)
+            share = share.to(out_loc)
+            # a class none of the unit's clients saw: no connection (as for absent ones)
+            out_scale = torch.where(share > 0, out_scale * share, absent_scale)
+            fused["output.weight"] = ((out_loc * share).T, out_scale.T)
         assignments, num_prev = result.assignments, result.num_global
 
     bias_loc, bias_scale = (
