@@ -341,7 +341,7 @@ COST_FLOOR = 1e-3
 
 def spread_price(
     clients: Sequence[Components],
-    weights: Optional[Tensor] = None,
+    weights: Union[Sequence[float], Tensor, None] = None,
     direction: str = "reverse",
     multiple: float = SPREAD_MULTIPLE,
     iterations: int = 4,
@@ -350,13 +350,14 @@ def spread_price(
 ) -> float:
     """
     A price set by the spread between versions of one component: ``multiple`` times the
-    median cost ``w_j KL`` of a local component to the global it is matched to (over globals
-    matched by at least two clients), found self-consistently.
+    (lower) median cost ``w_j KL`` of a local component to the global it is matched to (over
+    globals matched by at least two clients), re-estimated until the matches settle.
 
-    It starts from ``multiple`` times the median cost of a local component to its nearest
-    component in *another* client (a counterpart, when each component is held by several
-    clients), fuses at that price, re-estimates the spread from the matches, and repeats
-    until the number of globals stops changing (at most ``iterations`` fusions). The price
+    It starts from ``multiple`` times the (lower) median cost of a local component to its
+    nearest component in *another* client (a counterpart, when each component is held by
+    several clients), fuses at that price, sets the price from the spread of the matches, and
+    repeats until the number of globals stops changing, returning the price of the last
+    fusion (after ``iterations`` fusions, the price set from the last one). The price
     grows with the spread as posteriors sharpen with data and does not depend on the
     distance between *different* components, unlike the closest-pair rule of
     :func:`default_price`, which merges close components whenever most clients hold only
@@ -367,7 +368,7 @@ def spread_price(
         >>> from torch.distributions import Normal
         >>> a = Components.from_distributions({"x": Normal(torch.tensor([[0.0], [10.0]]), 0.1)})
         >>> b = Components.from_distributions({"x": Normal(torch.tensor([[0.2], [10.1]]), 0.1)})
-        >>> round(spread_price([a, b]), 1)  # member costs 0.5, 0.5, 0.125, 0.125: 40 * 0.125
+        >>> round(spread_price([a, b]), 1)  # costs 0.5, 0.5, 0.125, 0.125: 40 * lower median
         5.0
 
     :param list clients: the clients' :class:`Components` (at least two clients).
@@ -379,8 +380,11 @@ def spread_price(
         components (a random subset), which bounds its work at ``max_rows`` x all components.
     :param int seed: seed of that subset and of the fusions' client order.
     """
+    clients = list(clients)
+    _check_clients(clients)
     if len(clients) < 2:
         raise ValueError("spread_price needs at least two clients")
+    check_direction(direction)
     if not (multiple > 0 and np.isfinite(multiple)):
         raise ValueError(f"multiple must be positive and finite, got {multiple}")
     if iterations < 1:

@@ -306,6 +306,35 @@ def test_class_counts_weight_each_class_logit_by_the_clients_that_saw_it(widths,
     assert torch.equal(counts, torch.tensor([[10.0, 0.0, 0.0], [30.0, 20.0, 0.0]]))
 
 
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("point_scale", [None, 1.0])
+def test_class_counts_in_matched_units(direction, point_scale):
+    generator = torch.Generator().manual_seed(13)
+    a = _random_posterior(4, (6,), 3, generator)
+    a["output.weight"] = dist.Normal(a["output.weight"].loc, 0.1)
+    b = dict(a)  # the same hidden units, different output weights of the same scale
+    b["output.weight"] = dist.Normal(a["output.weight"].loc + torch.randn(3, 6, generator=generator), 0.1)
+    counts = torch.tensor([[10.0, 10.0, 30.0], [30.0, 0.0, 10.0]])  # b never saw class 1
+    fused = fuse_mlps(
+        [a, b], direction=direction, point_scale=point_scale, price=1e9, class_counts=counts
+    )
+    assert fused.model.widths == (6,) and fused.results[0].support.eq(2).all()
+    share = counts / counts.sum(0)  # both clients hold every unit: weights are the class shares
+    expected = torch.zeros(3, 6)
+    for j, client in enumerate([a, b]):  # client j's unit u is global unit assignments[j][u]
+        expected[:, fused.results[0].assignments[j]] += share[j, :, None] * client["output.weight"].loc
+    got = fused.posterior["output.weight"].mean
+    assert torch.allclose(got, expected, atol=1e-5)
+    order = fused.results[0].assignments[0]
+    assert torch.allclose(got[1, order], a["output.weight"].loc[1], atol=1e-5)  # class 1: a's alone
+    if point_scale is None:  # equal scales: the reverse barycenter keeps them, moment matching
+        scale = fused.posterior["output.weight"].stddev  # widens them where the means differ
+        assert torch.allclose(scale[1], torch.tensor(0.1), atol=1e-5)  # class 1: a's alone
+        assert torch.allclose(scale, torch.tensor(0.1), atol=1e-5) == (direction == "reverse")
+    with pytest.raises(ValueError, match="combine"):
+        fuse_mlps([a, b], combine="product", class_counts=counts)
+
+
 @pytest.mark.parametrize(
     "counts, match",
     [

@@ -428,13 +428,40 @@ def test_spread_price_invariances():
     shuffled = [Components({n: (f.family, f.natural.flip(0)) for n, f in c.fields.items()}) for c in clients]
     assert spread_price(shuffled) == pytest.approx(base)
     assert spread_price(clients, weights=torch.full((5,), 7.0)) == pytest.approx(base)
-    assert spread_price(clients, multiple=20.0, iterations=1) == pytest.approx(spread_price(clients, iterations=1) / 2)
-    # the price is a fixed point: fusing at it finds the spread it was set from
-    result = fuse(clients, price=base)
-    assert spread_price(clients, iterations=10) == pytest.approx(base)
-    assert result.num_global == fuse(clients, price="spread").num_global
+    assert fuse(clients, price="spread").price == pytest.approx(base)
     # a random subset of rows starts the search from a similar estimate
     assert spread_price(clients, max_rows=len(torch.cat([c.concat() for c in clients])) - 1) > 0
+
+
+def lower_median(values):
+    return torch.cat(values).sort().values[(sum(map(len, values)) - 1) // 2]
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_spread_price_follows_its_definition(direction):
+    problem = gaussian_atoms_problem(8, 5, 2, noise=0.2, posterior_scale=0.2, seed=5, dtype=torch.float64)
+    clients = problem.clients
+    # start: 40 x the lower median cost of a component to the nearest one of another client
+    nearest = [
+        kl_cost_matrix(c, others_of(clients, j), direction).min(-1).values for j, c in enumerate(clients)
+    ]
+    start = 40 * lower_median(nearest)
+    # one re-estimation: 40 x the lower median cost of a component to its global, over globals
+    # that two or more clients share, after fusing at the start price
+    result = fuse(clients, direction=direction, price=float(start))
+    member = []
+    for c, a in zip(clients, result.assignments):
+        cost = kl_cost_matrix(c, result.components, direction).gather(-1, a[:, None]).squeeze(-1)
+        member.append(cost[result.support[a] >= 2])
+    assert spread_price(clients, direction=direction, iterations=1) == pytest.approx(
+        40 * float(lower_median(member)), rel=1e-6
+    )
+
+
+def others_of(clients, j):
+    """All components of the clients other than ``j``, as one Components."""
+    d = [c.distributions()["loc"] for i, c in enumerate(clients) if i != j]
+    return normal_client(torch.cat([x.mean for x in d]), torch.cat([x.stddev for x in d]))
     # identical clients: every nearest cost is 0; the floor keeps the price positive
     assert spread_price([clients[0]] * 3) > 0
 
@@ -453,6 +480,8 @@ def test_spread_price_errors(kwargs, match):
         spread_price(problem.clients, **kwargs)
     with pytest.raises(ValueError, match="at least two clients"):
         spread_price(problem.clients[:1])
+    with pytest.raises(ValueError, match="client 1"):
+        spread_price([problem.clients[0], normal_client(torch.zeros(2, 3), 1.0)])
     with pytest.raises(ValueError, match="unknown price rule 'nearest'"):
         fuse(problem.clients, price="nearest")
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pyro_fusion.adapters.hmm import em_update, fuse_hmms, hmm_components, hmm_statistics, refine_hmm
+from pyro_fusion.fusion import spread_price
 from pyro_fusion.metrics import best_matching_accuracy
 from pyro_fusion.demo import pooled_standardiser, run_demo, window_features
 from pyro_fusion.models.hmm import (
@@ -122,6 +123,14 @@ def test_fuse_identical_hmms_returns_the_model(small_fit, num_clients):
     assert torch.equal(decode(fused.params, x), fused.assignments[0][fit.decode(x)])
 
 
+def test_fuse_hmms_spread_price_is_shared_by_the_restarts(small_fit):
+    fit, _, _ = small_fit
+    fused = fuse_hmms([fit] * 3, price="spread", restarts=3)
+    kept = hmm_components(fit, fit.occupied(1.0))
+    assert fused.result.price == pytest.approx(spread_price([kept] * 3, direction="forward"))
+    assert fused.num_states == len(kept)
+
+
 def test_fuse_hmms_rejects_bad_input(small_fit):
     fit, _, _ = small_fit
     with pytest.raises(ValueError, match="restarts"):
@@ -189,13 +198,20 @@ def test_em_rejects_bad_input():
         hmm_statistics(params, [torch.zeros(5, 2)])
     with pytest.raises(ValueError, match="at least one sequence"):
         hmm_statistics(params, [])
-    with pytest.raises(ValueError, match="client 1's statistics"):
+    with pytest.raises(ValueError, match="client 1's occupancy has shape"):
         other = HMMParams(torch.ones(3) / 3, torch.full((3, 3), 1 / 3), torch.zeros(3, 3), torch.ones(3, 3))
         em_update(params, [hmm_statistics(params, [torch.zeros(4, 3)]), hmm_statistics(other, [torch.zeros(4, 3)])])
     with pytest.raises(ValueError, match="at least one client"):
         em_update(params, [])
     with pytest.raises(ValueError, match="rounds must be >= 0"):
         refine_hmm(params, [[torch.zeros(4, 3)]], rounds=-1)
+    with pytest.raises(ValueError, match=r"client 1: hmm_statistics: sequence 0 has shape \(5, 2\)"):
+        refine_hmm(params, [[torch.zeros(4, 3)], [torch.zeros(5, 2)]])
+    with pytest.raises(ValueError, match="sequence 1 has shape"):
+        hmm_statistics(params, [torch.zeros(4, 3), torch.zeros(0, 3)])
+    good = hmm_statistics(params, [torch.zeros(4, 3)])
+    with pytest.raises(ValueError, match="client 0's sum_squares has shape"):
+        em_update(params, [good._replace(sum_squares=torch.zeros(3))])
 
 
 def test_fit_rejects_bad_input():

@@ -13,8 +13,8 @@ estimates); then layer ``k+1`` is matched, and so on. Connections between two gl
 that no client matched to both has are set to mean 0 with a small scale (``absent_scale``).
 The outgoing columns of the last hidden layer are matched with their units, and the fused
 column of a global unit is its barycenter times the share ``W_g / W`` of the total client weight
-matched to it (per class, with ``class_counts``), i.e. the weighted average over *all* clients where a client lacking the unit
-contributes 0 (as its re-indexed output row would). So the fused logits are the weighted
+matched to it (per class, with ``class_counts``), i.e. the weighted average over *all* clients
+where a client lacking the unit contributes 0 (as its re-indexed output row would). So the fused logits are the weighted
 average of the clients' logits when matched units compute the same feature (a log-linear
 pool); without this, a unit held by one client would enter the logits with full weight and
 a matched one with averaged weight, and a fused network of unmatched units would add up the
@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..barycenter import barycenter
 from ..components import Components
+from ..cost import KLGeometry
 from ..fusion import FusionResult, client_weights, default_price, fuse
 from ..models.bnn import BayesianMLP, delta_guide, normal_guide
 
@@ -121,25 +122,57 @@ def _connections(
 
 
 def _client_share(assignments: List[Tensor], weights: Tensor, num_global: int) -> Tensor:
-    """``[num_global, C]``: per class (column of ``weights [J, C]``), the fraction of the total
-    client weight matched to each global unit."""
-    fractions = weights / weights.sum(0)
-    per_unit = torch.cat([w_j.expand(len(a), -1) for w_j, a in zip(fractions, assignments)])
-    share = per_unit.new_zeros(num_global, weights.shape[-1])
-    return share.index_add_(0, torch.cat(assignments), per_unit)
+    """``[num_global]``: the fraction of the total client weight matched to each global unit."""
+    fractions = weights / weights.sum()
+    per_unit = torch.cat([w_j.expand(len(a)) for w_j, a in zip(fractions, assignments)])
+    return per_unit.new_zeros(num_global).index_add_(0, torch.cat(assignments), per_unit)
+
+
+def _classwise_columns(
+    columns: List[Components],
+    assignments: List[Tensor],
+    class_weights: Tensor,
+    num_global: int,
+    direction: str,
+) -> tuple:
+    """
+    Fused output columns ``(loc, scale)``, each ``[num_global, C]``, with per-class client
+    weights ``class_weights [J, C]``: for class ``c`` the KL barycenter of the matched clients'
+    entries weighted by their ``class_weights[:, c]`` (computed per coordinate in the
+    direction's averaging space), times the share of the class's total weight they hold.
+    Entries whose share is 0 are ``(0, nan)``.
+    """
+    geometry = KLGeometry(columns[0].families, direction)
+    family = columns[0]["out"].family
+    num_classes = family.num_coords
+    fractions = class_weights / class_weights.sum(0)
+    total = torch.zeros(num_global, family.dim, dtype=torch.float64)
+    share = torch.zeros(num_global, num_classes, dtype=torch.float64)
+    for w_j, column, a in zip(fractions, columns, assignments):
+        x = geometry.coordinates(column.concat().double()).reshape(len(a), num_classes, -1)
+        total.index_add_(0, a, (x * w_j.unsqueeze(-1)).reshape(len(a), -1))
+        share.index_add_(0, a, w_j.expand(len(a), -1))
+    seen = share > 0
+    mean = total.reshape(num_global, num_classes, -1) / share.clamp(min=1e-300).unsqueeze(-1)
+    # entries nobody matched to the unit holds: any valid point, masked out below
+    reference = geometry.coordinates(columns[0].concat().double())[:1].reshape(1, num_classes, -1)
+    mean = torch.where(seen.unsqueeze(-1), mean, reference)
+    fused = columns[0].with_natural(geometry.natural(mean.reshape(num_global, -1)))
+    loc, scale = _loc_scale(fused.distributions()["out"])
+    dtype = columns[0].dtype
+    loc, scale = (loc * share).to(dtype), torch.where(seen, scale * share, float("nan")).to(dtype)
+    return loc, scale
 
 
 def _output_weights(
     weights: Union[Sequence[float], Tensor, None],
-    class_counts: Union[Sequence[Sequence[float]], Tensor, None],
+    class_counts: Union[Sequence[Sequence[float]], Tensor],
     num_clients: int,
     num_classes: int,
 ) -> Tensor:
     """``[J, C]`` client weights per output class: ``class_counts`` where a class was seen,
     else the client weights."""
     w = client_weights(weights, num_clients).unsqueeze(-1).expand(-1, num_classes)
-    if class_counts is None:
-        return w
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
     if counts.shape != (num_clients, num_classes):
         raise ValueError(
@@ -251,13 +284,14 @@ def fuse_mlps(
         rather than one with prior-noise weights), and of output weights to a class that none
         of the unit's clients saw (with ``class_counts``).
     :param class_counts: optional ``[clients, classes]`` numbers of training examples of
-        each class (the clients' label histograms). The fused output column of a global unit
-        is then scaled per class by the share of *that class's* examples held by the clients
-        matched to it, instead of by their share of all examples: each class's logit is the
-        average of the clients' logits for it weighted by how many of its examples they saw,
-        so clients that never saw a class do not vote against it. Classes no client saw use
-        ``weights``. (Heterogeneous MNIST: ``benchmarks/bnn_fusion.py``, row
-        ``fused_class_counts``.)
+        each class (the clients' label histograms). The fused output weights to class ``c``
+        are then the barycenter of the matched clients' weights to ``c`` weighted by their
+        numbers of class-``c`` examples, times the share of *that class's* examples held by
+        those clients (instead of client weights and shares of all examples): each class's
+        logit is the average of the clients' logits for it weighted by how many of its
+        examples they saw, so clients that never saw a class do not vote against it. Classes
+        no client saw use ``weights``. Needs ``combine="average"``. (Heterogeneous MNIST:
+        ``benchmarks/bnn_fusion.py``, row ``fused_class_counts``.)
     :param int seed: seed of :func:`~pyro_fusion.fuse`.
     :rtype: FusedMLP
     """
@@ -273,8 +307,11 @@ def fuse_mlps(
     if len(prices) != depth or len(widths) != depth:
         raise ValueError(f"price and num_global need one value per hidden layer ({depth})")
     point = point_scale is not None
-    num_classes = _shape(posteriors[0]["output.weight"])[0]
-    output_weights = _output_weights(weights, class_counts, len(posteriors), num_classes)
+    if class_counts is not None:
+        if combine != "average":
+            raise ValueError('class_counts needs combine="average"')
+        num_classes = _shape(posteriors[0]["output.weight"])[0]
+        output_weights = _output_weights(weights, class_counts, len(posteriors), num_classes)
 
     def field(loc: Tensor, scale: Tensor, event_dim: int) -> dist.Distribution:
         if point:
@@ -342,12 +379,23 @@ def fuse_mlps(
         fused[f"hidden.{k}.weight"] = (w_loc, w_scale)
         fused[f"hidden.{k}.bias"] = _loc_scale(global_fields["bias"])
         if last:
-            share = _client_share(result.assignments, output_weights, result.num_global)
-            out_loc, out_scale = _loc_scale(global_fields["out"])
-            share = share.to(out_loc)
-            # a class none of the unit's clients saw: no connection (as for absent ones)
-            out_scale = torch.where(share > 0, out_scale * share, absent_scale)
-            fused["output.weight"] = ((out_loc * share).T, out_scale.T)
+            if class_counts is None:
+                share = _client_share(
+                    result.assignments, client_weights(weights, len(posteriors)), result.num_global
+                )
+                out_loc, out_scale = _loc_scale(global_fields["out"])
+                share = share.to(out_loc).unsqueeze(-1)
+                out_loc, out_scale = out_loc * share, out_scale * share
+            else:
+                columns = [
+                    Components({"out": (c["out"].family, c["out"].natural)}) for c in clients
+                ]
+                out_loc, out_scale = _classwise_columns(
+                    columns, result.assignments, output_weights, result.num_global, direction
+                )
+                # a class none of the unit's clients saw: no connection (as for absent ones)
+                out_scale = out_scale.nan_to_num(absent_scale)
+            fused["output.weight"] = (out_loc.T, out_scale.T)
         assignments, num_prev = result.assignments, result.num_global
 
     bias_loc, bias_scale = (

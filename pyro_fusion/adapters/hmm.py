@@ -31,7 +31,7 @@ import torch
 from torch.distributions import Normal
 
 from ..components import Components
-from ..fusion import FusionResult, fuse
+from ..fusion import FusionResult, fuse, spread_price
 from ..simplex import rebuild_simplex
 from ..models.hmm import FittedHMM, HMMParams, HMMPrior, forward_backward
 
@@ -138,6 +138,8 @@ def fuse_hmms(
     clients = [hmm_components(fit, kept) for fit, kept in zip(fits, states)]
     if restarts < 1:
         raise ValueError(f"fuse_hmms: restarts must be >= 1, got {restarts}")
+    if fuse_kwargs.get("price") == "spread":  # one price for all restarts, so they compare
+        fuse_kwargs["price"] = spread_price(clients, direction=direction, seed=seed)
     runs = [
         fuse(clients, direction=direction, seed=seed + r, **fuse_kwargs)
         for r in range(restarts)
@@ -213,15 +215,16 @@ def hmm_statistics(params: HMMParams, sequences: Sequence[torch.Tensor]) -> HMMS
         raise ValueError("hmm_statistics: need at least one sequence")
     num_states, dim = params.loc.shape
     for i, x in enumerate(sequences):
-        if x.dim() != 2 or x.shape[-1] != dim:
+        if x.dim() != 2 or x.shape[-1] != dim or len(x) == 0:
             raise ValueError(
-                f"hmm_statistics: sequence {i} has shape {tuple(x.shape)}, expected [T, {dim}]"
+                f"hmm_statistics: sequence {i} has shape {tuple(x.shape)}, expected [T >= 1, {dim}]"
             )
-    zeros = torch.zeros(num_states, dtype=params.loc.dtype)
+    dtype = params.loc.dtype
+    zeros = torch.zeros(num_states, dtype=dtype)
     occupancy, initial, loglik = zeros.clone(), zeros.clone(), zeros.new_zeros(())
     total, squares = torch.zeros_like(params.loc), torch.zeros_like(params.loc)
     transitions = zeros.new_zeros(num_states, num_states)
-    log_init, log_trans = params.init.log(), params.trans.log()
+    log_init, log_trans = params.init.to(dtype).log(), params.trans.to(dtype).log()
     with torch.no_grad():
         for x in sequences:
             x = x.to(params.loc.dtype)
@@ -246,7 +249,9 @@ def em_update(
 
     Emission means are posterior modes under the prior's ``Normal(0, loc_scale)`` (with the
     current variances); variances get one pseudo-frame at the prior's median scale; the
-    initial distribution and transition rows are Dirichlet posterior means under the prior.
+    initial distribution and transition rows are Dirichlet posterior means under the prior
+    (``init_concentration`` is the model's prior on the state before the first frame; here it
+    is used for the first observed state, as :func:`fuse_hmms` does).
     States with less than ``min_occupancy`` expected frames over all clients keep their
     emission parameters.
 
@@ -263,12 +268,17 @@ def em_update(
     if not statistics:
         raise ValueError("em_update: need the statistics of at least one client")
     num_states = len(params.loc)
+    square = (num_states, num_states)
+    shapes = HMMStatistics(
+        (num_states,), params.loc.shape, params.loc.shape, square, (num_states,), ()
+    )
     for j, s in enumerate(statistics):
-        if s.sum.shape != params.loc.shape or s.transition_counts.shape != (num_states, num_states):
-            raise ValueError(
-                f"em_update: client {j}'s statistics have shape {tuple(s.sum.shape)}, "
-                f"the HMM has {tuple(params.loc.shape)}"
-            )
+        for name, value, shape in zip(HMMStatistics._fields, s, shapes):
+            if value.shape != shape:
+                raise ValueError(
+                    f"em_update: client {j}'s {name} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(shape)} for an HMM of {num_states} states"
+                )
     occupancy = sum(s.occupancy for s in statistics)
     total = sum(s.sum for s in statistics)
     squares = sum(s.sum_squares for s in statistics)
@@ -293,6 +303,7 @@ def refine_hmm(
     client_sequences: Sequence[Sequence[torch.Tensor]],
     prior: HMMPrior = HMMPrior(),
     rounds: int = 10,
+    min_occupancy: float = 1.0,
 ) -> Tuple[HMMParams, List[float]]:
     """
     Federated EM from a fused HMM: in each round every client computes
@@ -309,6 +320,7 @@ def refine_hmm(
     :param list client_sequences: per client, its list of ``[T_i, D]`` sequences.
     :param HMMPrior prior: the prior every client used.
     :param int rounds: number of EM rounds.
+    :param float min_occupancy: see :func:`em_update`.
     :return: the refined HMM and the total log-likelihood before each round.
     """
     if rounds < 0:
@@ -317,7 +329,12 @@ def refine_hmm(
         raise ValueError("refine_hmm: need at least one client")
     log_likelihoods = []
     for _ in range(rounds):
-        statistics = [hmm_statistics(params, sequences) for sequences in client_sequences]
+        statistics = []
+        for j, sequences in enumerate(client_sequences):
+            try:
+                statistics.append(hmm_statistics(params, sequences))
+            except ValueError as e:
+                raise ValueError(f"client {j}: {e}") from None
         log_likelihoods.append(float(sum(s.log_likelihood for s in statistics)))
-        params = em_update(params, statistics, prior)
+        params = em_update(params, statistics, prior, min_occupancy)
     return params, log_likelihoods
