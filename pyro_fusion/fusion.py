@@ -351,7 +351,7 @@ def spread_price(
     """
     A price set by the spread between versions of one component: ``multiple`` times the
     (lower) median cost ``w_j KL`` of a local component to the global it is matched to (over
-    globals matched by at least two clients), re-estimated until the matches settle.
+    globals matched by at least two clients), re-estimated until the number of globals settles.
 
     It starts from ``multiple`` times the (lower) median cost of a local component to its
     nearest component in *another* client (a counterpart, when each component is held by
