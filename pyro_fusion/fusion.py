@@ -361,7 +361,10 @@ def spread_price(
     grows with the spread as posteriors sharpen with data and does not depend on the
     distance between *different* components, unlike the closest-pair rule of
     :func:`default_price`, which merges close components whenever most clients hold only
-    far-apart ones (see ``benchmarks/gmm_paper.py``).
+    far-apart ones (see ``benchmarks/gmm_paper.py``). It assumes versions of one component
+    are much closer than different components; where they are not, merging raises the
+    spread and the search can settle on merging almost everything (LDA topics of 15 Brown
+    genres, 10 per client: 10 globals, each matched by all 15 clients).
 
     Example::
 
