@@ -464,3 +464,12 @@ def test_benchmark_small_runs():
         assert len(setting["rows"]["fused"]["width"]) == setting["layers"]
         # fusion must beat chance by a wide margin even at this size
         assert setting["rows"]["fused"]["accuracy"] > 0.3
+
+
+def test_adapter_docstring_examples():
+    import doctest
+
+    import pyro_fusion.adapters.bnn
+
+    result = doctest.testmod(pyro_fusion.adapters.bnn, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 9 and result.failed == 0

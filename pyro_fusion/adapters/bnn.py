@@ -243,6 +243,9 @@ def fuse_mlps(
         >>> fused = fuse_mlps(posteriors, weights=[40, 40])
         >>> fused.model.widths[0] >= 4, fused.posterior["output.weight"].loc.shape[0]
         (True, 3)
+        >>> skewed = fuse_mlps(posteriors, class_counts=[[30, 10, 0], [0, 10, 30]])
+        >>> skewed.model.widths == fused.model.widths
+        True
 
     :param list posteriors: per client, site name -> ``Normal(loc, scale)`` of the site's
         shape, e.g. :func:`~pyro_fusion.models.bnn.normal_posterior` of its AutoNormal guide.
