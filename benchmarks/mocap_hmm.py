@@ -2,7 +2,8 @@
 Benchmark of the main job (issue 4): fuse per-sequence HMMs on mocap6 over several seeds.
 
 Runs :func:`pyro_fusion.demo.run_demo` once per seed (nothing written to disk) and prints one
-JSON object: the per-seed rows (fused, fused_em, pooled, kmeans, local_mean, seconds) and the mean and
+JSON object: the per-seed rows (fused, fused_em, pooled, kmeans, local_mean, local_on_all_best,
+local_on_all_mean, seconds) and the mean and
 standard deviation of every number over seeds.
 
     python benchmarks/mocap_hmm.py --seeds 0 1 2 3 4 --steps 400
@@ -17,7 +18,7 @@ import torch
 
 from pyro_fusion.demo import run_demo
 
-ROWS = ("fused", "fused_em", "pooled", "kmeans", "local_mean")
+ROWS = ("fused", "fused_em", "pooled", "kmeans", "local_mean", "local_on_all_best", "local_on_all_mean")
 
 
 def summarise(runs):

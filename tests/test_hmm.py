@@ -239,13 +239,16 @@ def test_run_demo_two_sequences(tmp_path):
     metrics = run_demo(seed=0, out=str(tmp_path), steps=40, sequences=[0, 1], progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert (tmp_path / "mocap_segmentation.png").stat().st_size > 0
-    for row in ("fused", "fused_em", "pooled", "kmeans", "local_mean"):
+    for row in ("fused", "fused_em", "pooled", "kmeans", "local_mean", "local_on_all_best", "local_on_all_mean"):
         assert set(saved[row]) >= {"one_minus_hamming", "ari", "num_states"}
         assert 0.0 <= saved[row]["one_minus_hamming"] <= 1.0
         assert saved[row] == pytest.approx(metrics[row])
     assert metrics["fused"]["num_states"] >= 1
     assert metrics["seconds"] > 0
     assert len(metrics["em_log_likelihoods"]) == 10
+    best, mean = metrics["local_on_all_best"], metrics["local_on_all_mean"]
+    assert best["one_minus_hamming"] >= mean["one_minus_hamming"]
+    assert best["num_states"] <= 8  # one local model's states
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": 0}, {"sequences": [0, 6]}, {"sequences": []}, {"em_rounds": -1}])
