@@ -257,12 +257,17 @@ def run_demo(
 
     fused_paths = [decode(fused.params, x) for x in clients]
     refined_paths = [decode(refined, x) for x in clients]
-    local_paths = [fit.decode(x) for fit, x in zip(fits, clients)]
-    local = [segmentation_scores([p], [y]) for p, y in zip(local_paths, labels)]
-    on_all = [segmentation_scores([fit.decode(x) for x in clients], labels) for fit in fits]
+    decoded = [[fit.decode(x) for x in clients] for fit in fits]  # [model][sequence]
+    local_paths = [paths[j] for j, paths in enumerate(decoded)]
+    on_all = [segmentation_scores(paths, labels) for paths in decoded]
 
     def per_sequence(paths):
         return {name: segmentation_scores([p], [y]) for name, p, y in zip(names, paths, labels)}
+
+    def mean_row(rows):
+        return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+    local = per_sequence(local_paths)
 
     kmeans_paths = kmeans_baseline(
         fits, local_paths, fused.states, min(NUM_BEHAVIOURS, sum(map(len, fused.states))), seed
@@ -275,14 +280,10 @@ def run_demo(
         "fused_em": segmentation_scores(refined_paths, labels),
         "pooled": segmentation_scores(pooled_paths, labels),
         "kmeans": segmentation_scores(kmeans_paths, labels),
-        "local_mean": {
-            key: float(np.mean([row[key] for row in local])) for key in local[0]
-        },
+        "local_mean": mean_row(list(local.values())),
         "local_on_all_best": max(on_all, key=lambda row: row["one_minus_hamming"]),
-        "local_on_all_mean": {
-            key: float(np.mean([row[key] for row in on_all])) for key in on_all[0]
-        },
-        "local": per_sequence(local_paths),
+        "local_on_all_mean": mean_row(on_all),
+        "local": local,
         "fused_per_sequence": per_sequence(fused_paths),
         "fused_em_per_sequence": per_sequence(refined_paths),
         "seconds": fused_seconds,

@@ -395,6 +395,7 @@ def spread_price(
     w = client_weights(weights, len(clients))
     geometry = KLGeometry(clients[0].families, direction)
     xs = [geometry.coordinates(c.concat().double()) for c in clients]
+    phis = [geometry.potential(x) for x in xs]
     price = multiple * _nearest_cost_median(geometry, xs, w, max_rows, seed)
     count = None
     for _ in range(iterations):
@@ -402,7 +403,7 @@ def spread_price(
         if result.num_global == count:
             break
         count = result.num_global
-        spread = _member_cost_median(geometry, xs, w, result)
+        spread = _member_cost_median(geometry, xs, phis, w, result)
         if spread is None:  # no global is shared by two clients
             break
         price = multiple * spread
@@ -419,8 +420,7 @@ def _nearest_cost_median(
     rows = torch.arange(len(x))
     if len(x) > max_rows:
         rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_rows]
-    y, c, _ = geometry.dual(x)
-    phi = geometry.potential(x)
+    y, c, phi = geometry.dual(x)
     nearest = []
     for chunk in rows.split(256):
         cost = KLGeometry.cost(x[chunk], phi[chunk], y, c)
@@ -430,15 +430,15 @@ def _nearest_cost_median(
 
 
 def _member_cost_median(
-    geometry: KLGeometry, xs: List[Tensor], w: Tensor, result: FusionResult
+    geometry: KLGeometry, xs: List[Tensor], phis: List[Tensor], w: Tensor, result: FusionResult
 ) -> Optional[float]:
     """Median of ``w_j`` times the cost of a local component to its global, over globals
     matched by at least two clients (None if there is none)."""
     y, c, _ = geometry.dual(geometry.coordinates(result.components.concat().double()))
     costs = []
-    for j, (x, a) in enumerate(zip(xs, result.assignments)):
+    for j, (x, phi, a) in enumerate(zip(xs, phis, result.assignments)):
         shared = result.support[a] >= 2
-        cost = KLGeometry.cost(x[shared], geometry.potential(x[shared]), y, c)
+        cost = KLGeometry.cost(x[shared], phi[shared], y, c)
         costs.append(cost.gather(-1, a[shared, None]).squeeze(-1) * w[j])
     costs = torch.cat(costs)
     if costs.numel() == 0:

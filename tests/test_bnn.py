@@ -54,6 +54,15 @@ def _random_posterior(in_features, widths, classes, generator):
     }
 
 
+def _two_clients_one_output_bias(widths, seed):
+    """Two random clients with 4 inputs and 3 classes sharing one output bias, so that only
+    their hidden units differ."""
+    generator = torch.Generator().manual_seed(seed)
+    clients = [_random_posterior(4, widths, 3, generator) for _ in range(2)]
+    clients[1]["output.bias"] = clients[0]["output.bias"]
+    return clients
+
+
 def _mean_logits(model, posterior, x):
     means = {name: d.mean for name, d in posterior.items()}
     return predictive_probs(
@@ -260,10 +269,7 @@ def test_fused_widths_follow_the_price():
 @pytest.mark.parametrize("widths", [(6,), (5, 4)])
 @pytest.mark.parametrize("point_scale", [None, 1.0])
 def test_unmatched_units_average_the_clients_logits(widths, point_scale):
-    generator = torch.Generator().manual_seed(8)
-    clients = [_random_posterior(4, widths, 3, generator) for _ in range(2)]
-    for client in clients:  # one output bias for all, so that only the hidden units differ
-        client["output.bias"] = clients[0]["output.bias"]
+    clients = _two_clients_one_output_bias(widths, seed=8)
     weights = [1.0, 3.0]
     fused = fuse_mlps(clients, weights, point_scale=point_scale, price=1e-6)
     assert fused.model.widths == tuple(2 * w for w in widths)  # every unit kept apart
@@ -283,10 +289,7 @@ def _raw_logits(model, posterior, x):
 @pytest.mark.parametrize("widths", [(6,), (5, 4)])
 @pytest.mark.parametrize("point_scale", [None, 1.0])
 def test_class_counts_weight_each_class_logit_by_the_clients_that_saw_it(widths, point_scale):
-    generator = torch.Generator().manual_seed(11)
-    clients = [_random_posterior(4, widths, 3, generator) for _ in range(2)]
-    for client in clients:  # one output bias for all, so that only the hidden units differ
-        client["output.bias"] = clients[0]["output.bias"]
+    clients = _two_clients_one_output_bias(widths, seed=11)
     counts = torch.tensor([[10.0, 0.0, 0.0], [30.0, 20.0, 0.0]])  # nobody saw class 2
     fused = fuse_mlps(clients, [1.0, 3.0], point_scale=point_scale, price=1e-6, class_counts=counts)
     x = torch.randn(9, 4)
