@@ -189,6 +189,9 @@ class HMMStatistics(NamedTuple):
     :param Tensor transition_counts: ``[K, K]`` expected transition counts.
     :param Tensor initial_counts: ``[K]`` expected first states.
     :param Tensor log_likelihood: scalar ``log p(sequences)`` under the HMM.
+
+    All are float64 whatever the HMM's dtype: the sums of squares of raw features lose the
+    variance to cancellation in float32.
     """
 
     occupancy: torch.Tensor
@@ -220,21 +223,21 @@ def hmm_statistics(params: HMMParams, sequences: Sequence[torch.Tensor]) -> HMMS
                 f"hmm_statistics: sequence {i} has shape {tuple(x.shape)}, expected [T >= 1, {dim}]"
             )
     dtype = params.loc.dtype
-    zeros = torch.zeros(num_states, dtype=dtype)
+    zeros = torch.zeros(num_states, dtype=torch.float64)
     occupancy, initial, loglik = zeros.clone(), zeros.clone(), zeros.new_zeros(())
-    total, squares = torch.zeros_like(params.loc), torch.zeros_like(params.loc)
+    total, squares = zeros.new_zeros(num_states, dim), zeros.new_zeros(num_states, dim)
     transitions = zeros.new_zeros(num_states, num_states)
     log_init, log_trans = params.init.to(dtype).log(), params.trans.to(dtype).log()
     with torch.no_grad():
         for x in sequences:
-            x = x.to(params.loc.dtype)
-            post = forward_backward(log_init, log_trans, params.emission_log_prob(x))
-            occupancy += post.marginals.sum(0)
-            total += post.marginals.T @ x
-            squares += post.marginals.T @ (x * x)
-            transitions += post.transition_counts
-            initial += post.marginals[0]
-            loglik += post.log_likelihood
+            post = forward_backward(log_init, log_trans, params.emission_log_prob(x.to(dtype)))
+            marginals, x = post.marginals.double(), x.double()
+            occupancy += marginals.sum(0)
+            total += marginals.T @ x
+            squares += marginals.T @ (x * x)
+            transitions += post.transition_counts.double()
+            initial += marginals[0]
+            loglik += post.log_likelihood.double()
     return HMMStatistics(occupancy, total, squares, transitions, initial, loglik)
 
 
@@ -279,22 +282,22 @@ def em_update(
                     f"em_update: client {j}'s {name} has shape {tuple(value.shape)}, expected "
                     f"{tuple(shape)} for an HMM of {num_states} states"
                 )
-    occupancy = sum(s.occupancy for s in statistics)
-    total = sum(s.sum for s in statistics)
-    squares = sum(s.sum_squares for s in statistics)
-    shrink = params.scale**2 / prior.loc_scale**2
+    summed = HMMStatistics(*(sum(v.double() for v in values) for values in zip(*statistics)))
+    occupancy, total, squares = summed.occupancy, summed.sum, summed.sum_squares
+    trans, init = summed.transition_counts, summed.initial_counts
+    shrink = params.scale.double() ** 2 / prior.loc_scale**2
     loc = total / (occupancy.unsqueeze(-1) + shrink)
     scatter = squares - 2 * loc * total + occupancy.unsqueeze(-1) * loc**2
     variance = (scatter.clamp(min=0) + prior.scale_loc**2) / (occupancy.unsqueeze(-1) + 1.0)
     seen = (occupancy >= min_occupancy).unsqueeze(-1)
-    trans = sum(s.transition_counts for s in statistics)
-    trans = trans + prior.transition_concentration_matrix(num_states)
-    init = sum(s.initial_counts for s in statistics) + prior.init_concentration
+    trans = trans + prior.transition_concentration_matrix(num_states).double()
+    init = init + prior.init_concentration
+    dtype = params.loc.dtype
     return HMMParams(
-        init=init / init.sum(),
-        trans=trans / trans.sum(-1, keepdim=True),
-        loc=torch.where(seen, loc, params.loc),
-        scale=torch.where(seen, variance.sqrt(), params.scale),
+        init=(init / init.sum()).to(params.init.dtype),
+        trans=(trans / trans.sum(-1, keepdim=True)).to(params.trans.dtype),
+        loc=torch.where(seen, loc.to(dtype), params.loc),
+        scale=torch.where(seen, variance.sqrt().to(dtype), params.scale),
     )
 
 
