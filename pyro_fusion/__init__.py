@@ -3,7 +3,14 @@ from .barycenter import barycenter
 from .components import Components, Field
 from .cost import KLGeometry, kl_cost_matrix
 from .extract import GuidePosterior, extract
-from .fused import FusedAutoNormal, FusedPosterior, FusedPrior, fuse_posteriors, init_to_fused
+from .fused import (
+    FusedAutoNormal,
+    FusedPosterior,
+    FusedPrior,
+    PosteriorPrior,
+    fuse_posteriors,
+    init_to_fused,
+)
 from .fusion import FusionResult, default_price, fuse, spread_price
 from .io import load_components, load_result, save_components
 
@@ -15,6 +22,7 @@ __all__ = [
     "FusedAutoNormal",
     "FusedPosterior",
     "FusedPrior",
+    "PosteriorPrior",
     "FusionResult",
     "GuidePosterior",
     "KLGeometry",

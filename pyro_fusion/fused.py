@@ -293,7 +293,7 @@ def init_to_fused(fused: FusedPosterior, fallback: Callable = init_to_feasible) 
     def init_fn(site):
         name = site["name"]
         if name in fused.simplex:
-            return fused.simplex[name][1]
+            return fused.simplex[name][1].clone()
         if name in fused.site_shapes and fused.sources[name] in ("autonormal", "delta"):
             loc, _ = fused.loc_scale(name)
             value = biject_to(site["fn"].support)(loc)
@@ -335,7 +335,54 @@ class FusedSitePrior(pyro.distributions.TransformedDistribution):
         return super().expand(batch_shape, _instance=new)
 
 
-class FusedPrior(Messenger):
+class PosteriorPrior(Messenger):
+    """
+    Replace the priors of some sites by given distributions, e.g. a fused posterior held as
+    one distribution per site (continual learning: the next data starts from it).
+
+    Example::
+
+        >>> fused = fuse_mlps(posteriors)
+        >>> with PosteriorPrior(fused.posterior):
+        ...     train_svi(fused.model, fused.guide, x_new, y_new)
+
+    :param dict posterior: site name -> distribution with the site's shape (batch dimensions
+        beyond the site's own are made event dimensions); point masses are refused (a
+        prior with no spread would pin the site).
+    """
+
+    def __init__(self, posterior: Dict[str, Distribution]):
+        super().__init__()
+        for name, d in posterior.items():
+            if isinstance(d, pyro.distributions.Delta):
+                raise ValueError(
+                    f"site {name!r}: a point estimate (Delta) cannot be a prior; fuse with "
+                    "uncertainty (e.g. point=False) to use the fused posterior as a prior"
+                )
+        self.posterior = dict(posterior)
+        self.sites = set(posterior)
+        self.size_hint = "size the model like the fused posterior"
+
+    def _prior(self, name: str, fn: Distribution) -> Distribution:
+        d = self.posterior[name]
+        extra = len(d.batch_shape) - len(fn.batch_shape)
+        return pyro.distributions.Independent(d, extra) if extra > 0 else d
+
+    def _pyro_sample(self, msg):
+        if msg["name"] not in self.sites or msg["is_observed"]:
+            return
+        fn = msg["fn"]
+        new = self._prior(msg["name"], fn)
+        if new.batch_shape + new.event_shape != fn.batch_shape + fn.event_shape:
+            raise ValueError(
+                f"site {msg['name']!r}: the model's prior has shape "
+                f"{tuple(fn.batch_shape + fn.event_shape)}, the new prior "
+                f"{tuple(new.batch_shape + new.event_shape)}; {self.size_hint}"
+            )
+        msg["fn"] = new
+
+
+class FusedPrior(PosteriorPrior):
     """
     Replace the priors of fused sites by the fused posterior (continual / federated rounds).
 
@@ -352,28 +399,20 @@ class FusedPrior(Messenger):
     """
 
     def __init__(self, fused: FusedPosterior, sites: Optional[Sequence[str]] = None):
-        super().__init__()
-        self.fused = fused
         names = [n for n in fused.site_shapes if n not in fused.simplex]
-        self.sites = set(names if sites is None else sites)
-        unknown = self.sites - set(names)
+        chosen = set(names if sites is None else sites)
+        unknown = chosen - set(names)
         if unknown:
             raise ValueError(f"sites {sorted(unknown)} are not fused sites; fused: {sorted(names)}")
+        super().__init__({})
+        self.fused = fused
+        self.sites = chosen  # their distributions are built when the site is sampled
+        self.size_hint = f"size the model to {fused.num_global} components"
 
-    def _pyro_sample(self, msg):
-        if msg["name"] not in self.sites or msg["is_observed"]:
-            return
-        fn = msg["fn"]
-        if self.fused.sources[msg["name"]] in ("autonormal", "delta"):
-            loc, scale = self.fused.loc_scale(msg["name"])
-            transform = biject_to(fn.support)
-            event_dim = fn.event_dim + loc.dim() - len(fn.shape())
-            new = FusedSitePrior(pyro.distributions.Normal(loc, scale).to_event(event_dim), transform, fn.support)
-        else:
-            new = self.fused.site_distribution(msg["name"])
-        if new.shape() != fn.shape():
-            raise ValueError(
-                f"site {msg['name']!r}: the model's prior has shape {tuple(fn.shape())}, the fused "
-                f"posterior {tuple(new.shape())}; size the model to {self.fused.num_global} components"
-            )
-        msg["fn"] = new
+    def _prior(self, name: str, fn: Distribution) -> Distribution:
+        if self.fused.sources[name] not in ("autonormal", "delta"):
+            return self.fused.site_distribution(name)
+        loc, scale = self.fused.loc_scale(name)
+        event_dim = fn.event_dim + loc.dim() - len(fn.shape())
+        base = pyro.distributions.Normal(loc, scale).to_event(event_dim)
+        return FusedSitePrior(base, biject_to(fn.support), fn.support)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 
+from pyro_fusion import PosteriorPrior
 from pyro_fusion.adapters.bnn import PRICE_RULES, fuse_mlps, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_idx, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
@@ -186,6 +187,53 @@ def test_train_svi_learns_and_keeps_param_store_clean(one_thread):
     assert len(pyro.get_param_store()) == 0
     accuracy, nll = evaluate(predictive_probs(model, normal_posterior(guide), x, 20), y)
     assert accuracy > 0.8 and nll < 0.6
+
+
+def test_training_a_written_back_guide_leaves_the_posterior_alone(one_thread):
+    posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(5))
+    before = {name: (d.loc.clone(), d.scale.clone()) for name, d in posterior.items()}
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    model = BayesianMLP(4, (6,), 3)
+    train_svi(model, normal_guide(model, posterior), x, y, num_epochs=2, batch_size=10)
+    values = {name: d.loc for name, d in posterior.items()}
+    train_svi(model, delta_guide(model, values), x, y, num_epochs=2, batch_size=10)
+    for name, (loc, scale) in before.items():
+        assert torch.equal(posterior[name].loc, loc) and torch.equal(posterior[name].scale, scale)
+
+
+def test_posterior_prior_replaces_the_priors_and_anchors_fine_tuning(one_thread):
+    posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(6))
+    model = BayesianMLP(4, (6,), 3)
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    with PosteriorPrior(posterior):
+        trace = pyro.poutine.trace(model).get_trace(x, y)
+    for name, d in posterior.items():
+        site = trace.nodes[name]
+        assert torch.allclose(site["fn"].log_prob(site["value"]), d.log_prob(site["value"]).sum())
+
+    def drift(prior):
+        guide = normal_guide(model, posterior)
+        if prior is None:
+            train_svi(model, guide, x, y, num_epochs=5, batch_size=10, lr=0.05)
+        else:
+            with prior:
+                train_svi(model, guide, x, y, num_epochs=5, batch_size=10, lr=0.05)
+        moved = normal_posterior(guide)
+        return sum(float((moved[n].loc - d.loc).abs().mean()) for n, d in posterior.items())
+
+    # the posterior (scales 0.05-0.25) holds the means near it; the Normal(0, 1) prior does not
+    assert drift(PosteriorPrior(posterior)) < 0.5 * drift(None)
+
+
+def test_posterior_prior_errors():
+    posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(7))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    with pytest.raises(ValueError, match=r"site 'hidden.0.weight'.*shape \(7, 4\)"):
+        with PosteriorPrior(posterior):
+            BayesianMLP(4, (7,), 3)(x, y)
+    point = dict(posterior, **{"output.bias": dist.Delta(torch.zeros(3), event_dim=1)})
+    with pytest.raises(ValueError, match="site 'output.bias'.*point estimate"):
+        PosteriorPrior(point)
 
 
 # ----- adapter -------------------------------------------------------------------------

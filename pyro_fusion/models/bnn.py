@@ -280,7 +280,7 @@ def normal_guide(model: BayesianMLP, posterior: Dict[str, dist.Normal]) -> AutoN
     :param dict posterior: site name -> ``Normal(loc, scale)``.
     """
     _check_shapes(model, posterior, "normal_guide")
-    locs = {name: d.loc.detach() for name, d in posterior.items()}
+    locs = {name: d.loc.detach().clone() for name, d in posterior.items()}  # not aliased
     guide = AutoNormal(model, init_loc_fn=init_to_value(values=locs))
     with pyro.get_param_store().scope(), poutine.block():
         guide(torch.zeros(1, model.in_features), torch.zeros(1, dtype=torch.long))
@@ -300,7 +300,7 @@ def delta_guide(model: BayesianMLP, values: Dict[str, Tensor]) -> AutoDelta:
         model, {name: dist.Delta(v, event_dim=v.dim()) for name, v in values.items()}, "delta_guide"
     )
     guide = AutoDelta(
-        model, init_loc_fn=init_to_value(values={k: v.detach() for k, v in values.items()})
+        model, init_loc_fn=init_to_value(values={k: v.detach().clone() for k, v in values.items()})
     )
     with pyro.get_param_store().scope(), poutine.block():
         guide(torch.zeros(1, model.in_features), torch.zeros(1, dtype=torch.long))
