@@ -15,7 +15,10 @@ nats per example):
 - ``fused_class_counts``: ``fused`` with the clients' label histograms (``class_counts``): each
   class's logit weighted by the clients' share of that class's examples;
 - ``fused_point``: the same engine on the posterior means only (PointMass family, a point estimate);
-- ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data;
+- ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data
+  with the fused posterior as the prior (:class:`~pyro_fusion.PosteriorPrior`, so the other
+  clients' knowledge is kept); ``fused_finetuned_model_prior``: the same under the model's own
+  ``Normal(0, prior_scale)`` prior;
 - ``pooled``: one model trained on all clients' data together (what fusion cannot see).
 
 Prints one JSON list, one object per setting (``seconds``: wall clock, ``cpu_seconds``: this
@@ -29,6 +32,7 @@ Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1] [--layers 1]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -39,11 +43,13 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
+from pyro_fusion import PosteriorPrior
 from pyro_fusion.adapters.bnn import PRICE_RULES, fuse_mlps, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
     BayesianMLP,
     evaluate,
+    normal_guide,
     normal_posterior,
     predictive_probs,
     train_svi,
@@ -153,19 +159,25 @@ def run_setting(
         "width": list(hidden),
     }
     largest = max(range(num_clients), key=lambda j: sizes[j])
-    train_svi(
-        fused.model,
-        fused.guide,
-        x[parts[largest]],
-        y[parts[largest]],
-        finetune_epochs,
-        batch_size,
-        lr,
-        seed=seed,
-    )
-    rows["fused_finetuned"] = _row(
-        predict(fused.model, normal_posterior(fused.guide)), y_test, list(fused.model.widths)
-    )
+    for row, prior in (
+        ("fused_finetuned", PosteriorPrior(fused.posterior)),
+        ("fused_finetuned_model_prior", contextlib.nullcontext()),
+    ):
+        guide = normal_guide(fused.model, fused.posterior)
+        with prior:
+            train_svi(
+                fused.model,
+                guide,
+                x[parts[largest]],
+                y[parts[largest]],
+                finetune_epochs,
+                batch_size,
+                lr,
+                seed=seed,
+            )
+        rows[row] = _row(
+            predict(fused.model, normal_posterior(guide)), y_test, list(fused.model.widths)
+        )
     pooled_model, pooled_posterior = train_model(num_clients, x, y, epochs)
     rows["pooled"] = _row(predict(pooled_model, pooled_posterior), y_test, list(hidden))
     return {

@@ -501,6 +501,7 @@ def test_benchmark_small_runs():
         "local_best",
         "local_mean",
         "fused_finetuned",
+        "fused_finetuned_model_prior",
         "pooled",
     }
     assert [r["layers"] for r in results] == [1, 2]
