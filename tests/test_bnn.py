@@ -338,14 +338,17 @@ def _raw_logits(model, posterior, x):
 @pytest.mark.parametrize("point_scale", [None, 1.0])
 def test_class_counts_weight_each_class_logit_by_the_clients_that_saw_it(widths, point_scale):
     clients = _two_clients_one_output_bias(widths, seed=11)
+    # different output biases of equal scale (their barycenter is then the weighted mean in
+    # both directions): each class's bias comes from the clients that saw it, like its weights
+    bias = clients[0]["output.bias"]
+    clients[1]["output.bias"] = dist.Normal(bias.loc + torch.tensor([1.0, -2.0, 0.5]), bias.scale)
     counts = torch.tensor([[10.0, 0.0, 0.0], [30.0, 20.0, 0.0]])  # nobody saw class 2
     fused = fuse_mlps(clients, [1.0, 3.0], point_scale=point_scale, price=1e-6, class_counts=counts)
     x = torch.randn(9, 4)
     model = BayesianMLP(4, widths, 3)
-    bias = clients[0]["output.bias"].mean
-    z = [_raw_logits(model, c, x) - bias for c in clients]
+    z = [_raw_logits(model, c, x) for c in clients]
     share = torch.tensor([[0.25, 0.0, 0.25], [0.75, 1.0, 0.75]])  # class 2: the client weights
-    expected = share[0] * z[0] + share[1] * z[1] + bias
+    expected = share[0] * z[0] + share[1] * z[1]
     assert torch.allclose(_raw_logits(fused.model, fused.posterior, x), expected, atol=1e-4)
     # counts proportional to the weights in every class change nothing
     plain = fuse_mlps(clients, [1.0, 3.0], point_scale=point_scale, price=1e-6)

@@ -19,7 +19,7 @@ average of the clients' logits when matched units compute the same feature (a lo
 pool); without this, a unit held by one client would enter the logits with full weight and
 a matched one with averaged weight, and a fused network of unmatched units would add up the
 clients' logits (overconfident). The output biases, which every client has once, are fused
-by a weighted KL barycenter. The fused network has the learned widths and comes back as a new
+by a weighted KL barycenter (per class with ``class_counts``). The fused network has the learned widths and comes back as a new
 :class:`~pyro_fusion.models.bnn.BayesianMLP` with a guide.
 """
 
@@ -292,7 +292,8 @@ def fuse_mlps(
         numbers of class-``c`` examples, times the share of *that class's* examples held by
         those clients (instead of client weights and shares of all examples): each class's
         logit is the average of the clients' logits for it weighted by how many of its
-        examples they saw, so clients that never saw a class do not vote against it. Classes
+        examples they saw, so clients that never saw a class do not vote against it (the
+        output bias of class ``c`` is likewise their barycenter weighted by those counts). Classes
         no client saw use ``weights``. Needs ``combine="average"``. (Heterogeneous MNIST:
         ``benchmarks/bnn_fusion.py``, row ``fused_class_counts``.)
     :param int seed: seed of :func:`~pyro_fusion.fuse`.
@@ -404,9 +405,17 @@ def fuse_mlps(
     bias_loc, bias_scale = (
         torch.stack(t) for t in zip(*(_loc_scale(p["output.bias"]) for p in posteriors))
     )
-    bias_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
-    shared = barycenter(units({"bias": (bias_loc, bias_scale)}), bias_weights, direction)
-    fused["output.bias"] = tuple(t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"]))
+    if class_counts is None:
+        bias_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
+        shared = barycenter(units({"bias": (bias_loc, bias_scale)}), bias_weights, direction)
+        fused["output.bias"] = tuple(
+            t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"])
+        )
+    else:  # class c's bias from the clients that saw c, like its weights
+        biases = [units({"out": (loc[None], scale[None])}) for loc, scale in zip(bias_loc, bias_scale)]
+        one_unit = [torch.zeros(1, dtype=torch.long)] * len(posteriors)
+        loc, scale = _classwise_columns(biases, one_unit, output_weights, 1, direction)
+        fused["output.bias"] = (loc.squeeze(0), scale.squeeze(0))
 
     ref = posteriors[0]
     model = BayesianMLP(
