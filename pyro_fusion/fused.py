@@ -357,7 +357,7 @@ class PosteriorPrior(Messenger):
             if isinstance(d, pyro.distributions.Delta):
                 raise ValueError(
                     f"site {name!r}: a point estimate (Delta) cannot be a prior; fuse with "
-                    "uncertainty (e.g. point=False) to use the fused posterior as a prior"
+                    "uncertainty (e.g. fuse_mlps without point_scale) to use it as a prior"
                 )
         self.posterior = dict(posterior)
         self.sites = set(posterior)
