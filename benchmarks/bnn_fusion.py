@@ -32,7 +32,6 @@ Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1] [--layers 1]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -159,22 +158,21 @@ def run_setting(
         "width": list(hidden),
     }
     largest = max(range(num_clients), key=lambda j: sizes[j])
-    for row, prior in (
-        ("fused_finetuned", PosteriorPrior(fused.posterior)),
-        ("fused_finetuned_model_prior", contextlib.nullcontext()),
+    for row, finetuned_model in (
+        ("fused_finetuned", PosteriorPrior(fused.posterior)(fused.model)),
+        ("fused_finetuned_model_prior", fused.model),
     ):
         guide = normal_guide(fused.model, fused.posterior)
-        with prior:
-            train_svi(
-                fused.model,
-                guide,
-                x[parts[largest]],
-                y[parts[largest]],
-                finetune_epochs,
-                batch_size,
-                lr,
-                seed=seed,
-            )
+        train_svi(
+            finetuned_model,
+            guide,
+            x[parts[largest]],
+            y[parts[largest]],
+            finetune_epochs,
+            batch_size,
+            lr,
+            seed=seed,
+        )
         rows[row] = _row(
             predict(fused.model, normal_posterior(guide)), y_test, list(fused.model.widths)
         )

@@ -7,7 +7,8 @@
   whose locs *and* scales are the fused values.
 - :func:`init_to_fused`: an ``init_loc_fn`` for any autoguide.
 - :class:`FusedPrior`: a messenger that replaces the priors of fused sites by the fused
-  posterior, for the next round of a continual or federated fit.
+  posterior, for the next round of a continual or federated fit; :class:`PosteriorPrior`
+  does the same from a dict of per-site distributions (e.g. a fused BNN's).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroParam
 from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from torch.distributions import Distribution, Independent, TransformedDistribution, biject_to
@@ -335,64 +337,97 @@ class FusedSitePrior(pyro.distributions.TransformedDistribution):
         return super().expand(batch_shape, _instance=new)
 
 
-class PosteriorPrior(Messenger):
-    """
-    Replace the priors of some sites by given distributions, e.g. a fused posterior held as
-    one distribution per site (continual learning: the next data starts from it).
+class _PriorReplacement(Messenger):
+    """Replaces the prior of each site in ``sites`` by ``_prior(name, fn)``, whose event shape
+    must be the site's (its batch shape is broadcast to the site's, e.g. over plates or
+    vectorised particles)."""
 
-    Example::
-
-        >>> fused = fuse_mlps(posteriors)
-        >>> with PosteriorPrior(fused.posterior):
-        ...     train_svi(fused.model, fused.guide, x_new, y_new)
-
-    :param dict posterior: site name -> distribution with the site's shape (batch dimensions
-        beyond the site's own are made event dimensions); point masses are refused (a
-        prior with no spread would pin the site).
-    """
-
-    def __init__(self, posterior: Dict[str, Distribution]):
+    def __init__(self, sites, size_hint: str):
         super().__init__()
-        for name, d in posterior.items():
-            if isinstance(d, pyro.distributions.Delta):
-                raise ValueError(
-                    f"site {name!r}: a point estimate (Delta) cannot be a prior; fuse with "
-                    "uncertainty (e.g. fuse_mlps without point_scale) to use it as a prior"
-                )
-        self.posterior = dict(posterior)
-        self.sites = set(posterior)
-        self.size_hint = "size the model like the fused posterior"
+        self.sites = set(sites)
+        self.size_hint = size_hint
 
     def _prior(self, name: str, fn: Distribution) -> Distribution:
-        d = self.posterior[name]
-        extra = len(d.batch_shape) - len(fn.batch_shape)
-        return pyro.distributions.Independent(d, extra) if extra > 0 else d
+        raise NotImplementedError
 
     def _pyro_sample(self, msg):
         if msg["name"] not in self.sites or msg["is_observed"]:
             return
         fn = msg["fn"]
         new = self._prior(msg["name"], fn)
-        if new.batch_shape + new.event_shape != fn.batch_shape + fn.event_shape:
+        try:
+            if new.event_shape != fn.event_shape:
+                raise ValueError
+            if new.batch_shape != fn.batch_shape:
+                new = new.expand(fn.batch_shape)
+        except (ValueError, RuntimeError):
             raise ValueError(
-                f"site {msg['name']!r}: the model's prior has shape "
-                f"{tuple(fn.batch_shape + fn.event_shape)}, the new prior "
-                f"{tuple(new.batch_shape + new.event_shape)}; {self.size_hint}"
-            )
+                f"site {msg['name']!r}: the model's prior has batch shape "
+                f"{tuple(fn.batch_shape)} and event shape {tuple(fn.event_shape)}, the new "
+                f"prior {tuple(new.batch_shape)} and {tuple(new.event_shape)}; {self.size_hint}"
+            ) from None
         msg["fn"] = new
 
 
-class FusedPrior(PosteriorPrior):
+def _with_event_dim(d: Distribution, event_dim: int) -> Distribution:
+    """``d`` as a Pyro distribution with (at least) ``event_dim`` event dimensions."""
+    if not isinstance(d, TorchDistributionMixin):
+        d = pyro.distributions.Independent(d, 0)  # the same law, with Pyro's methods
+    extra = event_dim - len(d.event_shape)
+    return d.to_event(extra) if extra > 0 else d
+
+
+def _is_point_mass(d: Distribution) -> bool:
+    while isinstance(d, (Independent, pyro.distributions.MaskedDistribution)):
+        d = d.base_dist
+    return isinstance(d, pyro.distributions.Delta)
+
+
+class PosteriorPrior(_PriorReplacement):
+    """
+    Replace the priors of some sites by given distributions, e.g. a fused posterior held as
+    one distribution per site (continual learning: the next data starts from it).
+
+    Wrap the *model* only (a ``with`` block would also replace the guide's samples of those
+    sites, and the guide would stop learning).
+
+    Example::
+
+        >>> fused = fuse_mlps(posteriors)
+        >>> train_svi(PosteriorPrior(fused.posterior)(fused.model), fused.guide, x_new, y_new)
+
+    :param dict posterior: site name -> distribution of the site's shape (``batch_shape +
+        event_shape``); trailing dimensions become event dimensions to match the site.
+        Point masses are refused (a prior with no spread would pin the site).
+    """
+
+    def __init__(self, posterior: Dict[str, Distribution]):
+        for name, d in posterior.items():
+            if _is_point_mass(d):
+                raise ValueError(
+                    f"site {name!r}: a point estimate (Delta) cannot be a prior; fuse with "
+                    "uncertainty (e.g. fuse_mlps without point_scale) to use it as a prior"
+                )
+        super().__init__(posterior, "size the model like the posterior")
+        self.posterior = dict(posterior)
+
+    def _prior(self, name: str, fn: Distribution) -> Distribution:
+        return _with_event_dim(self.posterior[name], fn.event_dim)
+
+
+class FusedPrior(_PriorReplacement):
     """
     Replace the priors of fused sites by the fused posterior (continual / federated rounds).
 
     Sites fused in unconstrained space get ``TransformedDistribution(Normal(loc, scale),
     biject_to(support))``; sites from hand-written guides get the fused distribution.
+    Wrap the *model* only (see :class:`PosteriorPrior`).
 
     Example::
 
-        >>> with FusedPrior(fused):
-        ...     svi.step(new_data)   # the model now starts from what all clients learned
+        >>> prior_model = FusedPrior(fused)(model)  # the model only, not the guide
+        >>> svi = SVI(prior_model, fused.to_guide(model, data), Adam({"lr": 0.01}), Trace_ELBO())
+        >>> svi.step(new_data)   # the model now starts from what all clients learned
 
     :param FusedPosterior fused: the fused posterior.
     :param list sites: which fused sites to replace (default all but simplex sites).
@@ -404,15 +439,12 @@ class FusedPrior(PosteriorPrior):
         unknown = chosen - set(names)
         if unknown:
             raise ValueError(f"sites {sorted(unknown)} are not fused sites; fused: {sorted(names)}")
-        super().__init__({})
+        super().__init__(chosen, f"size the model to {fused.num_global} components")
         self.fused = fused
-        self.sites = chosen  # their distributions are built when the site is sampled
-        self.size_hint = f"size the model to {fused.num_global} components"
 
     def _prior(self, name: str, fn: Distribution) -> Distribution:
         if self.fused.sources[name] not in ("autonormal", "delta"):
-            return self.fused.site_distribution(name)
+            return _with_event_dim(self.fused.site_distribution(name), fn.event_dim)
         loc, scale = self.fused.loc_scale(name)
-        event_dim = fn.event_dim + loc.dim() - len(fn.shape())
-        base = pyro.distributions.Normal(loc, scale).to_event(event_dim)
+        base = pyro.distributions.Normal(loc, scale).to_event(fn.event_dim)
         return FusedSitePrior(base, biject_to(fn.support), fn.support)

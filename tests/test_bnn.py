@@ -205,35 +205,46 @@ def test_posterior_prior_replaces_the_priors_and_anchors_fine_tuning(one_thread)
     posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(6))
     model = BayesianMLP(4, (6,), 3)
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
-    with PosteriorPrior(posterior):
-        trace = pyro.poutine.trace(model).get_trace(x, y)
+    trace = pyro.poutine.trace(PosteriorPrior(posterior)(model)).get_trace(x, y)
     for name, d in posterior.items():
         site = trace.nodes[name]
+        assert site["fn"].event_shape == d.batch_shape  # the site's event dims, as the model's
         assert torch.allclose(site["fn"].log_prob(site["value"]), d.log_prob(site["value"]).sum())
 
-    def drift(prior):
+    def drift(wrap):
         guide = normal_guide(model, posterior)
-        if prior is None:
-            train_svi(model, guide, x, y, num_epochs=5, batch_size=10, lr=0.05)
-        else:
-            with prior:
-                train_svi(model, guide, x, y, num_epochs=5, batch_size=10, lr=0.05)
+        train_svi(wrap(model), guide, x, y, num_epochs=5, batch_size=10, lr=0.05)
         moved = normal_posterior(guide)
         return sum(float((moved[n].loc - d.loc).abs().mean()) for n, d in posterior.items())
 
     # the posterior (scales 0.05-0.25) holds the means near it; the Normal(0, 1) prior does not
-    assert drift(PosteriorPrior(posterior)) < 0.5 * drift(None)
+    anchored, free = drift(PosteriorPrior(posterior)), drift(lambda m: m)
+    assert 0 < anchored < 0.5 * free
+
+
+def test_posterior_prior_matches_plates_and_torch_distributions():
+    def model():
+        with pyro.plate("p", 3):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([3, 2]).to_event(1))
+
+    given = torch.distributions.Normal(torch.zeros(3, 2), 0.5)  # plain torch is accepted
+    trace = pyro.poutine.trace(PosteriorPrior({"z": given})(model)).get_trace()
+    trace.compute_log_prob()
+    site = trace.nodes["z"]
+    assert site["fn"].batch_shape == (3,) and site["fn"].event_shape == (2,)
+    assert site["log_prob"].shape == (3,)  # one term per plate entry, as the model's prior
+    expected = given.log_prob(site["value"]).sum(-1)
+    assert torch.allclose(site["log_prob"], expected)
 
 
 def test_posterior_prior_errors():
     posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(7))
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
-    with pytest.raises(ValueError, match=r"site 'hidden.0.weight'.*shape \(7, 4\)"):
-        with PosteriorPrior(posterior):
-            BayesianMLP(4, (7,), 3)(x, y)
-    point = dict(posterior, **{"output.bias": dist.Delta(torch.zeros(3), event_dim=1)})
-    with pytest.raises(ValueError, match="site 'output.bias'.*point estimate"):
-        PosteriorPrior(point)
+    with pytest.raises(ValueError, match=r"site 'hidden.0.weight'.*\(7, 4\)"):
+        PosteriorPrior(posterior)(BayesianMLP(4, (7,), 3))(x, y)
+    for point in (dist.Delta(torch.zeros(3), event_dim=1), dist.Delta(torch.zeros(3)).to_event(1)):
+        with pytest.raises(ValueError, match="site 'output.bias'.*point estimate"):
+            PosteriorPrior(dict(posterior, **{"output.bias": point}))
 
 
 # ----- adapter -------------------------------------------------------------------------
@@ -361,6 +372,24 @@ def test_class_counts_weight_each_class_logit_by_the_clients_that_saw_it(widths,
 
 
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_class_counts_output_bias(direction):
+    generator = torch.Generator().manual_seed(12)
+    clients = [_random_posterior(4, (5,), 3, generator) for _ in range(2)]  # unequal scales
+    plain = fuse_mlps(clients, [1.0, 3.0], direction=direction)
+    same = fuse_mlps(clients, [1.0, 3.0], direction=direction, class_counts=[[2.0] * 3, [6.0] * 3])
+    a, b = plain.posterior["output.bias"], same.posterior["output.bias"]
+    torch.testing.assert_close(b.loc, a.loc, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.scale, a.scale, rtol=1e-5, atol=1e-6)
+    # class 0 seen only by client 0, class 1 only by client 1: their biases are taken whole
+    skewed = fuse_mlps(clients, [1.0, 3.0], direction=direction, class_counts=[[5, 0, 1], [0, 5, 1]])
+    bias = skewed.posterior["output.bias"]
+    for c, j in ((0, 0), (1, 1)):
+        torch.testing.assert_close(bias.loc[c], clients[j]["output.bias"].loc[c])
+        torch.testing.assert_close(bias.scale[c], clients[j]["output.bias"].scale[c])
+    assert bias.loc.dtype == torch.float32
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
 @pytest.mark.parametrize("point_scale", [None, 1.0])
 def test_class_counts_in_matched_units(direction, point_scale):
     generator = torch.Generator().manual_seed(13)
@@ -465,6 +494,9 @@ def test_adapter_errors_name_the_client():
     missing = {k: v for k, v in good.items() if k != "output.bias"}
     with pytest.raises(ValueError, match="client 1"):
         fuse_mlps([good, missing])
+    bad_bias = dict(good, **{"output.bias": dist.Normal(torch.zeros(4), 1.0)})
+    with pytest.raises(ValueError, match=r"client 1: output.bias has shape \(4,\)"):
+        fuse_mlps([good, bad_bias])
     wider = _random_posterior(4, (8,), 3, generator)
     with pytest.raises(ValueError, match="client 1"):
         naive_average([good, wider])

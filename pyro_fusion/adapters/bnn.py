@@ -92,6 +92,11 @@ def _check_clients(posteriors: Sequence[Dict[str, dist.Distribution]]) -> int:
                 f"client {j}: {got[0]} inputs and {got[1]} classes, client 0 has "
                 f"{in_features} and {classes}"
             )
+        if _shape(post["output.bias"]) != (classes,):
+            raise ValueError(
+                f"client {j}: output.bias has shape {tuple(_shape(post['output.bias']))}, "
+                f"expected ({classes},)"
+            )
         for k in range(depth):
             w, b = post[f"hidden.{k}.weight"], post[f"hidden.{k}.bias"]
             nxt = post[f"hidden.{k + 1}.weight" if k + 1 < depth else "output.weight"]

@@ -10,7 +10,7 @@ dimensions, so a whole posterior predictive is one batched computation.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -149,7 +149,7 @@ class BayesianMLP(PyroModule):
 
 
 def train_svi(
-    model: BayesianMLP,
+    model: Callable,
     guide: PyroModule,
     x: Tensor,
     y: Tensor,
@@ -165,7 +165,8 @@ def train_svi(
     several clients' guides, whose parameters have the same names, never see each other's
     values; the trained values stay in the guide module.
 
-    :param BayesianMLP model: the model.
+    :param model: the model, e.g. a :class:`BayesianMLP`, possibly wrapped in a handler such
+        as :class:`~pyro_fusion.PosteriorPrior`.
     :param guide: a guide of ``model`` (e.g. :class:`~pyro.infer.autoguide.AutoNormal`).
     :param Tensor x: inputs ``(N, in_features)``.
     :param Tensor y: labels ``(N,)``.
