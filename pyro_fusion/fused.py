@@ -446,5 +446,8 @@ class FusedPrior(_PriorReplacement):
         if self.fused.sources[name] not in ("autonormal", "delta"):
             return _with_event_dim(self.fused.site_distribution(name), fn.event_dim)
         loc, scale = self.fused.loc_scale(name)
-        base = pyro.distributions.Normal(loc, scale).to_event(fn.event_dim)
-        return FusedSitePrior(base, biject_to(fn.support), fn.support)
+        transform = biject_to(fn.support)
+        # unconstrained event dims (a Cholesky factor's event is a vector before the transform)
+        event_dim = transform.domain.event_dim + fn.event_dim - transform.codomain.event_dim
+        base = pyro.distributions.Normal(loc, scale).to_event(event_dim)
+        return FusedSitePrior(base, transform, fn.support)
