@@ -16,9 +16,9 @@ nats per example):
   class's logit weighted by the clients' share of that class's examples;
 - ``fused_point``: the same engine on the posterior means only (PointMass family, a point estimate);
 - ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data
-  with the fused posterior as the prior (:class:`~pyro_fusion.PosteriorPrior`, so the other
-  clients' knowledge is kept); ``fused_finetuned_model_prior``: the same under the model's own
-  ``Normal(0, prior_scale)`` prior;
+  with the fused posterior as the prior (:class:`~pyro_fusion.PosteriorPrior`: the KL term
+  pulls towards what all clients learned); ``fused_finetuned_model_prior``: the same under the
+  model's own ``Normal(0, prior_scale)`` prior, which lets one client's data overwrite the rest;
 - ``pooled``: one model trained on all clients' data together (what fusion cannot see).
 
 Prints one JSON list, one object per setting (``seconds``: wall clock, ``cpu_seconds``: this
