@@ -50,7 +50,8 @@ class SiteEstimate:
     :ivar ExponentialFamily family: family of one coordinate block (event shape ``()`` for
         elementwise families read per coordinate, else the distribution's event shape).
     :ivar Tensor natural: natural parameters of shape ``batch_shape + (family.dim,)``.
-    :ivar str source: ``"autonormal"``, ``"delta"`` or ``"distribution"``.
+    :ivar str source: ``"autonormal"``, ``"delta"``, ``"distribution"`` or ``"transformed"``
+        (a hand-written guide's distribution pushed through bijections, read in its base space).
     :ivar Tensor value: a constrained point value of the site (posterior mean where known,
         else the median), used for simplex-indexed sites.
     """
@@ -85,7 +86,8 @@ class SiteLayout:
     :ivar dict simplex: simplex-indexed site -> ``(axes indexed by component, value)``.
     :ivar dict site_shapes: site -> shape of its (unconstrained) parameters; for simplex
         sites, of its (constrained) value.
-    :ivar dict sources: site -> ``"autonormal"``, ``"delta"`` or ``"distribution"``.
+    :ivar dict sources: site -> ``"autonormal"``, ``"delta"``, ``"distribution"`` or
+        ``"transformed"`` (see :class:`SiteEstimate`).
     :ivar dict site_families: site -> family of its guide distribution (batch over the shape).
     """
 
@@ -205,9 +207,10 @@ def _site_estimates_traced(guide: Callable, args, kwargs, point_scale) -> Dict[s
         if site["infer"].get("is_auxiliary") or site_is_subsample(site):
             continue
         fn = site["fn"]
-        base = fn
+        base, transformed = fn, False
         while isinstance(base, (Independent, TransformedDistribution)):
             if isinstance(base, TransformedDistribution):
+                transformed = True
                 if not all(t.bijective for t in base.transforms):
                     raise ValueError(f"site {name!r}: transforms must be bijective to fuse in base space")
             base = base.base_dist
@@ -223,7 +226,8 @@ def _site_estimates_traced(guide: Callable, args, kwargs, point_scale) -> Dict[s
             value = fn.mean
         except NotImplementedError:
             value = site["value"]
-        out[name] = SiteEstimate(family, natural.detach(), "distribution", value.detach())
+        source = "transformed" if transformed else "distribution"
+        out[name] = SiteEstimate(family, natural.detach(), source, value.detach())
     return out
 
 

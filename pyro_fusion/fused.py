@@ -353,20 +353,23 @@ class _PriorReplacement(Messenger):
     def _pyro_sample(self, msg):
         if msg["name"] not in self.sites or msg["is_observed"]:
             return
-        fn = msg["fn"]
-        new = self._prior(msg["name"], fn)
+        name, fn = msg["name"], msg["fn"]
+        model_shapes = (
+            f"the model's prior has batch shape {tuple(fn.batch_shape)} and event shape "
+            f"{tuple(fn.event_shape)}"
+        )
         try:
-            if new.event_shape != fn.event_shape:
-                raise ValueError
-            if new.batch_shape != fn.batch_shape:
-                new = new.expand(fn.batch_shape)
-        except (ValueError, RuntimeError):
+            new = self._prior(name, fn)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"site {name!r}: {model_shapes}; cannot build the new prior: {e}") from None
+        batch, lead = new.batch_shape, len(fn.batch_shape) - len(new.batch_shape)
+        # only extra leading dims (e.g. vectorised particles) are broadcast, never size-1 dims
+        if new.event_shape != fn.event_shape or lead < 0 or fn.batch_shape[lead:] != batch:
             raise ValueError(
-                f"site {msg['name']!r}: the model's prior has batch shape "
-                f"{tuple(fn.batch_shape)} and event shape {tuple(fn.event_shape)}, the new "
-                f"prior {tuple(new.batch_shape)} and {tuple(new.event_shape)}; {self.size_hint}"
-            ) from None
-        msg["fn"] = new
+                f"site {name!r}: {model_shapes}, the new prior {tuple(batch)} and "
+                f"{tuple(new.event_shape)}; {self.size_hint}"
+            )
+        msg["fn"] = new.expand(fn.batch_shape) if lead else new
 
 
 def _with_event_dim(d: Distribution, event_dim: int) -> Distribution:
@@ -378,7 +381,9 @@ def _with_event_dim(d: Distribution, event_dim: int) -> Distribution:
 
 
 def _is_point_mass(d: Distribution) -> bool:
-    while isinstance(d, (Independent, pyro.distributions.MaskedDistribution)):
+    while isinstance(
+        d, (Independent, TransformedDistribution, pyro.distributions.MaskedDistribution)
+    ):
         d = d.base_dist
     return isinstance(d, pyro.distributions.Delta)
 
@@ -420,7 +425,9 @@ class FusedPrior(_PriorReplacement):
     Replace the priors of fused sites by the fused posterior (continual / federated rounds).
 
     Sites fused in unconstrained space get ``TransformedDistribution(Normal(loc, scale),
-    biject_to(support))``; sites from hand-written guides get the fused distribution.
+    biject_to(support))``; sites from hand-written guides get the fused distribution, except
+    sites whose guide pushed a distribution through a transform (``sources[name] ==
+    "transformed"``: only its base distribution was fused, so it is not the site's law).
     Wrap the *model* only (see :class:`PosteriorPrior`).
 
     Example::
@@ -430,15 +437,24 @@ class FusedPrior(_PriorReplacement):
         >>> svi.step(new_data)   # the model now starts from what all clients learned
 
     :param FusedPosterior fused: the fused posterior.
-    :param list sites: which fused sites to replace (default all but simplex sites).
+    :param list sites: which fused sites to replace (default all but simplex and
+        transformed sites).
     """
 
     def __init__(self, fused: FusedPosterior, sites: Optional[Sequence[str]] = None):
         names = [n for n in fused.site_shapes if n not in fused.simplex]
-        chosen = set(names if sites is None else sites)
+        usable = [n for n in names if fused.sources[n] != "transformed"]
+        chosen = set(usable if sites is None else sites)
         unknown = chosen - set(names)
         if unknown:
             raise ValueError(f"sites {sorted(unknown)} are not fused sites; fused: {sorted(names)}")
+        transformed = sorted(chosen - set(usable))
+        if transformed:
+            raise ValueError(
+                f"sites {transformed}: their guides' distributions were fused in the base space "
+                "of a transform that is not kept, so the fused distribution is not the site's "
+                "prior; leave them out of sites="
+            )
         super().__init__(chosen, f"size the model to {fused.num_global} components")
         self.fused = fused
 

@@ -242,6 +242,9 @@ def test_posterior_prior_errors():
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
     with pytest.raises(ValueError, match=r"site 'hidden.0.weight'.*\(7, 4\)"):
         PosteriorPrior(posterior)(BayesianMLP(4, (7,), 3))(x, y)
+    short = {"hidden.0.weight": dist.Normal(torch.zeros(4), 1.0)}  # [4] for a [6, 4] site
+    with pytest.raises(ValueError, match="site 'hidden.0.weight'.*cannot build the new prior"):
+        PosteriorPrior(short)(BayesianMLP(4, (6,), 3))(x, y)
     for point in (dist.Delta(torch.zeros(3), event_dim=1), dist.Delta(torch.zeros(3)).to_event(1)):
         with pytest.raises(ValueError, match="site 'output.bias'.*point estimate"):
             PosteriorPrior(dict(posterior, **{"output.bias": point}))

@@ -117,6 +117,7 @@ def test_extract_hand_written_guide():
     assert post.components.families["topics"].name == "dirichlet"
     assert post.components.families["strength"].name == "gamma"
     assert post.sources["topics"] == "distribution"
+    assert post.sources["strength"] == "transformed"  # read in the Gamma's space, before exp
     assert_store_equal(before, store_snapshot())
     assert torch.equal(rng, torch.get_rng_state())
 
@@ -279,6 +280,31 @@ def test_init_to_fused_and_fused_prior():
     with pytest.raises(ValueError, match="site 'loc'.*size the model to 3"):
         with FusedPrior(fused):
             mixture_model(5)
+    # a one-component fused posterior is not broadcast over a model of three
+    _, one = client_guides(2, K=1)
+    single = fuse_posteriors(one, price=1.0)
+    with pytest.raises(ValueError, match=r"site 'loc'.*batch shape \(3,\).*\(1,\).*size the model to 1"):
+        FusedPrior(single)(mixture_model)(3)
+
+
+def test_fused_prior_of_a_hand_written_guide():
+    def topic_model(K=3, V=5):
+        with pyro.plate("topic_plate", K):
+            pyro.sample("topics", dist.Dirichlet(torch.ones(V)))
+            pyro.sample("strength", dist.LogNormal(0.0, 1.0))
+
+    dirichlet_guide()
+    fused = fuse_posteriors([extract(dirichlet_guide, components={"topics": 0, "strength": 0})] * 2)
+    K = fused.num_global
+    trace = poutine.trace(FusedPrior(fused)(topic_model)).get_trace(K)
+    topics = trace.nodes["topics"]
+    assert topics["fn"].batch_shape == (K,) and topics["fn"].event_shape == (5,)
+    expected = fused.site_distribution("topics").log_prob(topics["value"])
+    torch.testing.assert_close(topics["fn"].log_prob(topics["value"]), expected)
+    # strength was fused in the Gamma's space, before the guide's exp: it keeps the model's prior
+    assert isinstance(trace.nodes["strength"]["fn"], dist.LogNormal)
+    with pytest.raises(ValueError, match=r"sites \['strength'\].*transform"):
+        FusedPrior(fused, sites=["strength"])
 
 
 def test_write_params_of_a_hand_written_guide():
