@@ -30,6 +30,7 @@ from torch.distributions import Distribution, Independent, TransformedDistributi
 from .barycenter import barycenter
 from .components import Components
 from .expfam import DiagNormal, ExponentialFamily, PointMass
+from .expfam.base import base_distribution
 from .extract import GuidePosterior, SiteLayout
 from .fusion import FusionResult, client_weights, fuse
 from .simplex import rebuild_simplex
@@ -150,9 +151,7 @@ class FusedPosterior(SiteLayout):
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or name not in self.site_shapes or name in self.simplex:
                 continue
-            base = site["fn"]
-            while isinstance(base, (Independent, TransformedDistribution)):
-                base = base.base_dist
+            base = base_distribution(site["fn"], (Independent, TransformedDistribution))
             fused = self.site_distribution(name)
             for arg in type(base).arg_constraints:
                 if arg not in base.__dict__:
@@ -338,9 +337,9 @@ class FusedSitePrior(pyro.distributions.TransformedDistribution):
 
 
 class _PriorReplacement(Messenger):
-    """Replaces the prior of each site in ``sites`` by ``_prior(name, fn)``, whose event shape
-    must be the site's (its batch shape is broadcast to the site's, e.g. over plates or
-    vectorised particles)."""
+    """Replaces the prior of each site in ``sites`` by ``_prior(name, fn)``, whose event and
+    batch shapes must be the site's (only extra leading batch dims of the site, e.g.
+    vectorised particles, are broadcast)."""
 
     def __init__(self, sites, size_hint: str):
         super().__init__()
@@ -381,11 +380,8 @@ def _with_event_dim(d: Distribution, event_dim: int) -> Distribution:
 
 
 def _is_point_mass(d: Distribution) -> bool:
-    while isinstance(
-        d, (Independent, TransformedDistribution, pyro.distributions.MaskedDistribution)
-    ):
-        d = d.base_dist
-    return isinstance(d, pyro.distributions.Delta)
+    wrappers = (Independent, TransformedDistribution, pyro.distributions.MaskedDistribution)
+    return isinstance(base_distribution(d, wrappers), pyro.distributions.Delta)
 
 
 class PosteriorPrior(_PriorReplacement):

@@ -17,7 +17,22 @@ from typing import Any, Dict, Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
+
+
+def base_distribution(dist: Distribution, wrappers: tuple = (Independent,)) -> Distribution:
+    """
+    ``dist`` with its outer ``wrappers`` (by default ``Independent``) removed.
+
+    Example::
+
+        >>> from torch.distributions import Normal
+        >>> base_distribution(Independent(Normal(torch.zeros(3), 1.0), 1))
+        Normal(loc: torch.Size([3]), scale: torch.Size([3]))
+    """
+    while isinstance(dist, wrappers):
+        dist = dist.base_dist
+    return dist
 
 
 class ExponentialFamily(ABC):
@@ -173,9 +188,7 @@ class ElementwiseFamily(ExponentialFamily):
 
     def _event_params(self, dist: Distribution, *names: str) -> list:
         """Read named parameters of ``dist`` (unwrapping ``Independent``) with the right event shape."""
-        base = dist
-        while isinstance(base, torch.distributions.Independent):
-            base = base.base_dist
+        base = base_distribution(dist)
         params = [getattr(base, n) for n in names]
         shape = torch.broadcast_shapes(*(p.shape for p in params))
         n = len(self.event_shape)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .base import ElementwiseFamily
+from .base import ElementwiseFamily, base_distribution
 from .vector import VectorFamily
 
 
@@ -79,9 +79,7 @@ class Categorical(VectorFamily):
     domain_hint = "log-probabilities must be finite"
 
     def natural_from_distribution(self, dist: Distribution) -> Tensor:
-        base = dist
-        while isinstance(base, torch.distributions.Independent):
-            base = base.base_dist
+        base = base_distribution(dist)
         self._check_event("logits", base.logits)
         return self._join_blocks(base.logits)
 

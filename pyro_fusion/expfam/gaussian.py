@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from .base import base_distribution
 from .dirichlet import _solver_dtype
 from .vector import VectorFamily
 
@@ -60,9 +61,7 @@ class MultivariateNormal(VectorFamily):
         return size + size * size
 
     def natural_from_distribution(self, dist: Distribution) -> Tensor:
-        base = dist
-        while isinstance(base, torch.distributions.Independent):
-            base = base.base_dist
+        base = base_distribution(dist)
         return self.natural(base.loc, precision_matrix=base.precision_matrix)
 
     def natural(
@@ -278,9 +277,7 @@ class NormalWishart(VectorFamily):
         return size * size + size + 2
 
     def natural_from_distribution(self, dist: Distribution) -> Tensor:
-        base = dist
-        while isinstance(base, torch.distributions.Independent):
-            base = base.base_dist
+        base = base_distribution(dist)
         return self.natural(base.kappa, base.nu, base.loc, base.scale_matrix)
 
     def natural(self, kappa: Tensor, nu: Tensor, loc: Tensor, scale_matrix: Tensor) -> Tensor:

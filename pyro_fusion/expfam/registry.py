@@ -5,9 +5,9 @@ from typing import Any, Dict, Optional
 
 import torch
 from pyro.distributions import Delta
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution
 
-from .base import ExponentialFamily
+from .base import ExponentialFamily, base_distribution
 from .dirichlet import Dirichlet
 from .discrete import Bernoulli, Categorical
 from .gamma import Beta, Gamma
@@ -91,9 +91,7 @@ def family_of(
     :param float point_scale: scale for reading :class:`~pyro.distributions.Delta` as
         :class:`PointMass`; required for point estimates.
     """
-    base = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
+    base = base_distribution(dist)
     shape = dist.batch_shape + dist.event_shape
     event_shape = shape[component_dims:]
     if isinstance(base, Delta):
