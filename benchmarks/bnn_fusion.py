@@ -14,7 +14,10 @@ nats per example):
   ``"location"`` price rule), no retraining;
 - ``fused_class_counts``: ``fused`` with the clients' label histograms (``class_counts``): each
   class's logit weighted by the clients' share of that class's examples;
-- ``fused_point``: the same engine on the posterior means only (PointMass family, a point estimate);
+- ``fused_point``: the same engine on the posterior means only (PointMass family, a point
+  estimate);
+  ``fused_point_class_counts``: the same with ``class_counts``, the like-for-like baseline of
+  ``fused_class_counts``;
 - ``fused_finetuned``: ``fused`` warm-started and trained by SVI on the largest client's data
   with the fused posterior as the prior (:class:`~pyro_fusion.PosteriorPrior`: the KL term
   pulls towards what all clients learned); ``fused_finetuned_model_prior``: the same under the
@@ -137,10 +140,15 @@ def run_setting(
     rows["fused_class_counts"] = _row(
         predict(by_class.model, by_class.posterior), y_test, list(by_class.model.widths)
     )
-    point = fuse_mlps(posteriors, sizes, point_scale=prior_scale, **common)
-    rows["fused_point"] = _row(
-        predict(point.model, point.posterior), y_test, list(point.model.widths)
-    )
+    points = {
+        row: fuse_mlps(posteriors, sizes, point_scale=prior_scale, **extra, **common)
+        for row, extra in (
+            ("fused_point", {}),
+            ("fused_point_class_counts", {"class_counts": counts}),
+        )
+    }
+    for row, point in points.items():
+        rows[row] = _row(predict(point.model, point.posterior), y_test, list(point.model.widths))
     rows["naive_average"] = _row(
         predict(local_model, naive_average(posteriors, sizes)), y_test, list(hidden)
     )
@@ -194,7 +202,7 @@ def run_setting(
         "direction": direction,
         "combine": combine,
         "fused_price": [r.price for r in fused.results],
-        "fused_point_price": [r.price for r in point.results],
+        "fused_point_price": [r.price for r in points["fused_point"].results],
         "rows": rows,
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,

@@ -534,6 +534,7 @@ def test_benchmark_small_runs():
         "fused",
         "fused_class_counts",
         "fused_point",
+        "fused_point_class_counts",
         "naive_average",
         "ensemble",
         "local_best",
