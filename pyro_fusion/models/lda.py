@@ -41,7 +41,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuideList, AutoNormal, init_to_feasible
-from pyro.nn import PyroParam
+from pyro.nn import PyroModule, PyroParam
 from pyro.optim import ClippedAdam
 from torch import Tensor, nn
 
@@ -402,8 +402,9 @@ class LDA(nn.Module):
         """
         Set the guide's topics to ``posterior`` (e.g. a fused one): a ``Dirichlet`` ``[K, V]`` fills param
         ``"{name}.topic_concentration"`` of :meth:`dirichlet_guide`; a ``Normal`` ``[K, V-1]`` (unconstrained
-        coordinates) becomes the locs and scales of a new :meth:`autonormal_guide`. Further :meth:`fit` calls
-        continue from there (warm start).
+        coordinates) becomes the locs and scales of a new :meth:`autonormal_guide`, whose parameters are named
+        after this model (``"{name}.guide.0.locs.topic_words"``, ...), so other models' AutoNormal guides in the
+        param store are left alone. Further :meth:`fit` calls continue from there (warm start).
         """
         base = posterior.base_dist if isinstance(posterior, torch.distributions.Independent) else posterior
         shape = (self.num_topics, self.vocab_size)
@@ -428,6 +429,10 @@ class LDA(nn.Module):
                     f"got {tuple(loc.shape)}"
                 )
             guide = self.autonormal_guide()
+            # named after this model ("{name}.guide.0.locs.topic_words", ...): under Pyro's default names
+            # ("AutoGuideList.0..."), setting it up would read, and replacing its parameters would delete, those
+            # of a client's AutoNormal guide in the same param store
+            PyroModule(name=self.name).add_module("guide", guide)
             guide(torch.zeros(1, self.vocab_size))  # set the AutoNormal up, then replace its parameters
             autonormal = guide[0]
             autonormal.locs.topic_words = PyroParam(loc.clone(), dist.constraints.real, event_dim=1)
