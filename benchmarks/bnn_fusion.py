@@ -60,14 +60,19 @@ from pyro_fusion.models.bnn import (
 LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
 SPLIT_ALPHA = {"heterogeneous": 0.5, "homogeneous": None}
 
-#: (dataset, split, hidden layers, epochs) of the full benchmark, primary setting first
+#: (dataset, split, hidden layers, epochs, label prior) of the full benchmark, primary first
 SETTINGS = [
-    ("mnist", "heterogeneous", 1, 10),
-    ("mnist", "heterogeneous", 2, 10),
-    ("mnist", "homogeneous", 1, 10),
-    ("fashion-mnist", "heterogeneous", 1, 2),
+    ("mnist", "heterogeneous", 1, 10, False),
+    ("mnist", "heterogeneous", 2, 10, False),
+    ("mnist", "homogeneous", 1, 10, False),
+    ("fashion-mnist", "heterogeneous", 1, 2, False),
+    ("mnist", "heterogeneous", 1, 10, True),
 ]
-SMALL_SETTINGS = [("mnist", "heterogeneous", 1, 2), ("mnist", "heterogeneous", 2, 2)]
+SMALL_SETTINGS = [
+    ("mnist", "heterogeneous", 1, 2, False),
+    ("mnist", "heterogeneous", 2, 2, False),
+    ("mnist", "heterogeneous", 1, 2, True),
+]
 
 
 def _row(probs: torch.Tensor, labels: torch.Tensor, width) -> Dict[str, object]:
@@ -83,6 +88,7 @@ def run_setting(
     num_clients: int = 10,
     width: int = 100,
     epochs: int = 10,
+    label_prior: bool = False,
     finetune_epochs: int = 1,
     batch_size: int = 64,
     lr: float = 0.01,
@@ -100,7 +106,10 @@ def run_setting(
 ) -> Dict[str, object]:
     """Train the clients of one setting, fuse them and score every row (``price_rule``,
     ``price_scale``, ``direction`` and ``combine`` are passed to
-    :func:`~pyro_fusion.adapters.bnn.fuse_mlps`; the point variant gets the same price rule)."""
+    :func:`~pyro_fusion.adapters.bnn.fuse_mlps`; the point variant gets the same price rule).
+    With ``label_prior``, every model is trained under the label-shift likelihood with its
+    own data's class mix (``BayesianMLP(label_prior=counts + 1)``) and every row predicts
+    with a uniform one."""
     start, cpu_start = time.perf_counter(), time.process_time()
     train, test = LOADERS[dataset](train=True), LOADERS[dataset](train=False)
     x, y = train.images[:train_size], train.labels[:train_size]
@@ -109,12 +118,17 @@ def run_setting(
     sizes = [len(p) for p in parts]
     hidden = (width,) * layers
 
+    def mlp(widths, ys: Optional[torch.Tensor] = None) -> BayesianMLP:
+        """A network for training on labels ``ys``, or for prediction (``None``)."""
+        mix = torch.bincount(ys, minlength=10) + 1.0 if label_prior and ys is not None else None
+        return BayesianMLP(x.shape[-1], widths, 10, prior_scale=prior_scale, label_prior=mix)
+
     def train_model(j: int, xs: torch.Tensor, ys: torch.Tensor, num_epochs: int):
-        model = BayesianMLP(x.shape[-1], hidden, 10, prior_scale=prior_scale)
+        model = mlp(hidden, ys)
         locs = model.init_locs(seed if shared_init else seed + 1 + j)
         guide = AutoNormal(model, init_loc_fn=init_to_value(values=locs), init_scale=init_scale)
         train_svi(model, guide, xs, ys, num_epochs, batch_size, lr, seed=seed + j)
-        return model, normal_posterior(guide)
+        return mlp(hidden), normal_posterior(guide)
 
     def predict(model: BayesianMLP, posterior) -> torch.Tensor:
         return predictive_probs(model, posterior, x_test, num_samples, seed=seed)
@@ -166,9 +180,10 @@ def run_setting(
         "width": list(hidden),
     }
     largest = max(range(num_clients), key=lambda j: sizes[j])
+    tuned = mlp(fused.model.widths, y[parts[largest]])  # the largest client's likelihood
     for row, finetuned_model in (
-        ("fused_finetuned", PosteriorPrior(fused.posterior)(fused.model)),
-        ("fused_finetuned_model_prior", fused.model),
+        ("fused_finetuned", PosteriorPrior(fused.posterior)(tuned)),
+        ("fused_finetuned_model_prior", tuned),
     ):
         guide = normal_guide(fused.model, fused.posterior)
         train_svi(
@@ -196,6 +211,7 @@ def run_setting(
         "train_size": len(x),
         "test_size": len(x_test),
         "epochs": epochs,
+        "label_prior": label_prior,
         "samples": num_samples,
         "price_rule": price_rule,
         "price_scale": price_scale,
@@ -248,13 +264,22 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         combine=args.combine,
     )
     results = []
-    for dataset, split, layers, epochs in settings:
+    for dataset, split, layers, epochs, label_prior in settings:
         try:
             results.append(
-                run_setting(dataset, split, layers, epochs=epochs, seed=args.seed, **options)
+                run_setting(
+                    dataset,
+                    split,
+                    layers,
+                    epochs=epochs,
+                    label_prior=label_prior,
+                    seed=args.seed,
+                    **options,
+                )
             )
             print(
-                f"{dataset} {split} {layers} layer(s): {results[-1]['seconds']:.0f} s",
+                f"{dataset} {split} {layers} layer(s)"
+                f"{', label prior' if label_prior else ''}: {results[-1]['seconds']:.0f} s",
                 file=sys.stderr,
             )
         except FileNotFoundError as e:

@@ -189,6 +189,44 @@ def test_train_svi_learns_and_keeps_param_store_clean(one_thread):
     assert accuracy > 0.8 and nll < 0.6
 
 
+@pytest.mark.parametrize("widths", [(7,), (6, 5)])
+def test_label_prior_adds_its_log_to_the_logits(widths):
+    prior = torch.tensor([6.0, 3.0, 1.0])
+    skewed, plain = BayesianMLP(4, widths, 3, label_prior=prior), BayesianMLP(4, widths, 3)
+    posterior = _random_posterior(4, widths, 3, torch.Generator().manual_seed(1))
+    draws = {name: d.sample((2,)) for name, d in posterior.items()}
+    x = torch.randn(5, 4)
+    with pyro.poutine.block(), pyro.poutine.condition(data=draws):
+        shifted, raw = skewed(x), plain(x)
+    assert torch.allclose(shifted, raw + (prior / 10).log())
+
+
+def test_label_prior_keeps_the_class_mix_out_of_the_weights(one_thread):
+    """Uninformative inputs, labels 80/20: without the label prior the network learns the
+    mix; with it the network's own scores stay balanced."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 3, generator=generator)
+    y = (torch.rand(400, generator=generator) < 0.2).long()
+    counts = torch.bincount(y, minlength=2).float()
+    balanced = BayesianMLP(3, (4,), 2)
+    probs = {}
+    for name, label_prior in (("plain", None), ("label_prior", counts)):
+        model = BayesianMLP(3, (4,), 2, label_prior=label_prior)
+        guide = AutoNormal(model, init_scale=0.01)
+        train_svi(model, guide, x, y, num_epochs=20, batch_size=100, lr=0.05, seed=3)
+        probs[name] = predictive_probs(balanced, normal_posterior(guide), x, 20).mean(0)
+    assert probs["plain"][0] > 0.7
+    assert abs(probs["label_prior"][0] - 0.5) < 0.1
+
+
+@pytest.mark.parametrize(
+    "label_prior", [[1.0, 2.0], [1.0, 0.0, 2.0], [1.0, -1.0, 2.0], [1.0, float("nan"), 1.0]]
+)
+def test_label_prior_errors(label_prior):
+    with pytest.raises(ValueError, match="label_prior"):
+        BayesianMLP(4, (5,), 3, label_prior=label_prior)
+
+
 def test_training_a_written_back_guide_leaves_the_posterior_alone(one_thread):
     posterior = _random_posterior(4, (6,), 3, torch.Generator().manual_seed(5))
     before = {name: (d.loc.clone(), d.scale.clone()) for name, d in posterior.items()}
@@ -543,7 +581,8 @@ def test_benchmark_small_runs():
         "fused_finetuned_model_prior",
         "pooled",
     }
-    assert [r["layers"] for r in results] == [1, 2]
+    settings = [(r["layers"], r["label_prior"]) for r in results]
+    assert settings == [(1, False), (2, False), (1, True)]
     for setting in results:
         assert setting["dataset"] == "mnist" and setting["split"] == "heterogeneous"
         assert set(setting["rows"]) == rows
@@ -557,10 +596,11 @@ def test_benchmark_small_runs():
         assert setting["rows"]["fused"]["accuracy"] > 0.3
 
 
-def test_adapter_docstring_examples():
+@pytest.mark.parametrize("module, examples", [("adapters.bnn", 9), ("models.bnn", 7)])
+def test_docstring_examples(module, examples):
     import doctest
+    import importlib
 
-    import pyro_fusion.adapters.bnn
-
-    result = doctest.testmod(pyro_fusion.adapters.bnn, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 9 and result.failed == 0
+    mod = importlib.import_module(f"pyro_fusion.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= examples and result.failed == 0

@@ -72,10 +72,25 @@ class BayesianMLP(PyroModule):
         >>> tuple(logits.shape), model.site_names()[0]
         ((5, 10), 'hidden.0.weight')
 
+    With ``label_prior``, the likelihood is the label-shift model
+    ``Categorical(logits = f(x) + log label_prior)``: the network ``f`` scores how typical
+    ``x`` is of each class, ``p(x | y)``, which clients share, while ``label_prior`` is this
+    client's own class mix ``p(y)``. Clients whose label mixes differ then learn posteriors
+    over the same function ``f`` and fuse without ``class_counts``; to predict for another
+    mix, e.g. balanced test data, use a network without (or with that) ``label_prior`` and
+    the same posterior::
+
+        >>> skewed = BayesianMLP(784, label_prior=torch.tensor([50.0] + [1.0] * 9))
+        >>> balanced = BayesianMLP(784)
+        >>> skewed.site_shapes() == balanced.site_shapes()
+        True
+
     :param int in_features: input size.
     :param hidden: widths of the hidden layers (at least one).
     :param int out_features: number of classes.
     :param float prior_scale: standard deviation of the prior of every weight and bias.
+    :param Tensor label_prior: optional positive ``(out_features,)`` class frequencies or
+        counts of the data (normalised here; smooth zero counts, e.g. ``counts + 1``).
     """
 
     def __init__(
@@ -84,12 +99,24 @@ class BayesianMLP(PyroModule):
         hidden: Sequence[int] = (100,),
         out_features: int = 10,
         prior_scale: float = 1.0,
+        label_prior: Optional[Tensor] = None,
     ):
         if not hidden or min(hidden) < 1:
             raise ValueError(
                 f"BayesianMLP needs at least one hidden layer of positive width, got {hidden}"
             )
+        if label_prior is not None:
+            label_prior = torch.as_tensor(label_prior, dtype=torch.get_default_dtype())
+            if label_prior.shape != (out_features,) or not bool(
+                (label_prior > 0).all() & label_prior.isfinite().all()
+            ):
+                raise ValueError(
+                    f"BayesianMLP: label_prior must be {out_features} positive finite numbers, "
+                    f"got {label_prior.tolist()}"
+                )
         super().__init__()
+        log_prior = None if label_prior is None else (label_prior / label_prior.sum()).log()
+        self.register_buffer("log_label_prior", log_prior, persistent=False)
         self.in_features = in_features
         self.widths = tuple(int(h) for h in hidden)
         self.out_features = out_features
@@ -122,12 +149,14 @@ class BayesianMLP(PyroModule):
         :param Tensor y: labels of shape ``(N,)``, observed if given.
         :param int num_data: size of the full data set when ``x`` is a minibatch (scales the
             likelihood); defaults to ``N``.
-        :returns: logits of shape ``(..., N, out_features)``.
+        :returns: logits of shape ``(..., N, out_features)`` (including ``log label_prior``).
         """
         h = x
         for layer in self.hidden:
             h = layer(h).relu()
         logits = self.output(h)
+        if self.log_label_prior is not None:
+            logits = logits + self.log_label_prior
         size = x.shape[-2]
         with pyro.plate("data", num_data or size, subsample=torch.arange(size)):
             pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
