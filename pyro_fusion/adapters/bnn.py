@@ -300,7 +300,9 @@ def fuse_mlps(
         examples they saw, so clients that never saw a class do not vote against it (the
         output bias of class ``c`` is likewise their barycenter weighted by those counts). Classes
         no client saw use ``weights``. Needs ``combine="average"``. (Heterogeneous MNIST:
-        ``benchmarks/bnn_fusion.py``, row ``fused_class_counts``.)
+        ``benchmarks/bnn_fusion.py``, row ``fused_class_counts``.) Clients trained under
+        the label-shift likelihood (:class:`~pyro_fusion.models.bnn.BayesianMLP` with
+        ``label_prior``) need no class counts to fuse.
     :param int seed: seed of :func:`~pyro_fusion.fuse`.
     :rtype: FusedMLP
     """
