@@ -1,5 +1,7 @@
 """The project rule "nothing the caller passed in (guides, param store, tensors) is modified",
-checked for every public entry point.
+checked for the functions exported by ``pyro_fusion`` and for the adapters' and models' fusion
+and write-back entry points (one case each in ``CASES``; scoring helpers such as metrics or
+``predictive_probs`` that only read tensors are not listed).
 
 Each case builds small valid inputs and a ``run`` that calls the entry point (plus, for
 results that are functions or messengers, the use they are made for: building and training

@@ -2,6 +2,7 @@ import os
 import runpy
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -147,6 +148,33 @@ def test_autonormal_needs_shared_vocabulary():
     lda.fit(corpus, guide=lda.autonormal_guide(), num_steps=2)
     with pytest.raises(ValueError, match="shared vocabulary"):
         topic_components(lda, union_vocabulary([corpus.vocab, ("zebra",)]))
+
+
+def test_autonormal_clients_in_one_store_keep_their_own_parameters():
+    corpus, _ = synthetic_corpus(num_docs=20, vocab_size=12)
+    first, second = LDA(2, corpus.vocab, name="first"), LDA(2, corpus.vocab, name="second")
+    first.fit(corpus, guide=first.autonormal_guide(), num_steps=5, seed=0)
+    trained = first.topic_posterior().loc.clone()
+    second.fit(corpus, guide=second.autonormal_guide(), num_steps=5, seed=1)
+    assert torch.equal(first.guide[0].locs.topic_words.detach(), trained)
+    assert not torch.equal(second.topic_posterior().loc, trained)
+    assert "first.guide.0.locs.topic_words" in pyro.get_param_store()
+
+
+def test_switching_guides():
+    """An AutoNormal guide, then the Dirichlet guide (by fit and by load_topic_posterior), then
+    a warm start of an AutoNormal guide from a fused-like Normal posterior."""
+    corpus, _ = synthetic_corpus(num_docs=20, vocab_size=12)
+    lda = LDA(2, corpus.vocab)
+    lda.fit(corpus, guide=lda.autonormal_guide(), num_steps=2)
+    normal = lda.topic_posterior()
+    lda.fit(corpus, num_steps=2)
+    assert isinstance(lda.topic_posterior(), dist.Dirichlet)
+    lda.load_topic_posterior(normal)
+    assert torch.equal(lda.guide[0].locs.topic_words.detach(), normal.loc)
+    lda.fit(corpus, guide=lda.guide, num_steps=1)
+    lda.load_topic_posterior(dist.Dirichlet(torch.ones(2, 12)))
+    assert lda.guide == lda.dirichlet_guide
 
 
 def test_untrained_model_raises():

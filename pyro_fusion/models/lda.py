@@ -152,10 +152,9 @@ class LDA(nn.Module):
     Latent Dirichlet allocation with an amortized guide for the documents' topic proportions.
 
     Parameters live in Pyro's param store under ``name`` (``"{name}.topic_concentration"``,
-    ``"{name}.encoder$$$..."``), so several clients' models can be trained in one process; the AutoNormal
-    guide's parameters are named by Pyro (``"AutoGuideList.0.locs.topic_words"``, ...), so train clients that use
-    it one after another. After :meth:`fit`, the topic posterior is kept (detached) by the model, see
-    :meth:`topic_posterior`.
+    ``"{name}.encoder$$$..."``, and for :meth:`autonormal_guide` ``"{name}.guide.0.locs.topic_words"``, ...),
+    so several clients' models, with different names, can be trained in one process. After :meth:`fit`, the
+    topic posterior is kept (detached) by the model, see :meth:`topic_posterior`.
 
     Example::
 
@@ -264,6 +263,9 @@ class LDA(nn.Module):
         guide = AutoGuideList(self.topic_model)  # the local part brings its own "documents" plate
         autonormal = AutoNormal(self.topic_model, init_loc_fn=self._autonormal_init, init_scale=init_scale)
         guide.append(autonormal)
+        # named after this model ("{name}.guide.0.locs.topic_words", ...): under Pyro's default names
+        # ("AutoGuideList.0...") two clients' guides would share, and overwrite, one set of parameters
+        PyroModule(name=self.name).add_module("guide", guide)
 
         def local(counts: Tensor, num_docs: Optional[int] = None) -> None:
             log_topics = autonormal.median()["topic_words"].clamp_min(_TINY).log()
@@ -344,7 +346,7 @@ class LDA(nn.Module):
             raise ValueError(f"LDA {self.name!r}: cannot fit an empty corpus")
         if seed is not None:
             pyro.set_rng_seed(seed)
-        self.guide = self.dirichlet_guide if guide is None else guide
+        self._set_guide(self.dirichlet_guide if guide is None else guide)
         is_dirichlet = self.guide == self.dirichlet_guide
         if natural_gradient is None:
             natural_gradient = is_dirichlet
@@ -391,6 +393,11 @@ class LDA(nn.Module):
         store[name] = concentration
         return losses
 
+    def _set_guide(self, guide: Callable) -> None:
+        # a plain attribute, never a submodule: nn.Module would register an AutoNormal guide as a child
+        # and then refuse to replace it by the Dirichlet guide (a method)
+        object.__setattr__(self, "guide", guide)
+
     def _read_topic_posterior(self) -> torch.distributions.Distribution:
         if self.guide == self.dirichlet_guide:
             return dist.Dirichlet(pyro.param(f"{self.name}.topic_concentration").detach().clone())
@@ -404,7 +411,7 @@ class LDA(nn.Module):
         ``"{name}.topic_concentration"`` of :meth:`dirichlet_guide`; a ``Normal`` ``[K, V-1]`` (unconstrained
         coordinates) becomes the locs and scales of a new :meth:`autonormal_guide`, whose parameters are named
         after this model (``"{name}.guide.0.locs.topic_words"``, ...), so other models' AutoNormal guides in the
-        param store are left alone. Further :meth:`fit` calls continue from there (warm start).
+        param store are left alone. ``fit(corpus, guide=model.guide)`` continues from there (warm start).
         """
         base = posterior.base_dist if isinstance(posterior, torch.distributions.Independent) else posterior
         shape = (self.num_topics, self.vocab_size)
@@ -419,7 +426,7 @@ class LDA(nn.Module):
             if name in store:
                 del store[name]
             pyro.param(name, concentration.clone(), constraint=dist.constraints.positive)
-            self.guide = self.dirichlet_guide
+            self._set_guide(self.dirichlet_guide)
             self._posterior = dist.Dirichlet(concentration)
         elif isinstance(base, torch.distributions.Normal):
             loc, scale = base.loc.detach().clone(), base.scale.detach().clone()
@@ -429,15 +436,11 @@ class LDA(nn.Module):
                     f"got {tuple(loc.shape)}"
                 )
             guide = self.autonormal_guide()
-            # named after this model ("{name}.guide.0.locs.topic_words", ...): under Pyro's default names
-            # ("AutoGuideList.0..."), setting it up would read, and replacing its parameters would delete, those
-            # of a client's AutoNormal guide in the same param store
-            PyroModule(name=self.name).add_module("guide", guide)
             guide(torch.zeros(1, self.vocab_size))  # set the AutoNormal up, then replace its parameters
             autonormal = guide[0]
             autonormal.locs.topic_words = PyroParam(loc.clone(), dist.constraints.real, event_dim=1)
             autonormal.scales.topic_words = PyroParam(scale.clone(), autonormal.scale_constraint, event_dim=1)
-            self.guide = guide
+            self._set_guide(guide)
             self._posterior = dist.Normal(loc, scale)
         else:
             raise ValueError(f"expected a Dirichlet or Normal topic posterior, got {type(base).__name__}")
