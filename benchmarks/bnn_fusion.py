@@ -24,12 +24,17 @@ nats per example):
   model's own ``Normal(0, prior_scale)`` prior, which lets one client's data overwrite the rest;
 - ``pooled``: one model trained on all clients' data together (what fusion cannot see).
 
+The fifth setting repeats the first with every model trained under the label-shift likelihood
+of its own data (``BayesianMLP(label_prior=counts + 1)``); all rows then predict with a
+uniform label prior (JSON key ``label_prior``). ``--label-prior no|yes`` keeps only the
+settings without or with it.
+
 Prints one JSON list, one object per setting (``seconds``: wall clock, ``cpu_seconds``: this
 process's CPU time, the better measure on a shared machine). ``--small`` runs a reduced version
 for tests.
 Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1] [--layers 1]
-[--datasets mnist] [--price-rule location|prior] [--price-scale 1] [--direction reverse|forward]
-[--combine average|product]``.
+[--datasets mnist] [--label-prior no|yes] [--price-rule location|prior] [--price-scale 1]
+[--direction reverse|forward] [--combine average|product]``.
 """
 
 from __future__ import annotations
@@ -243,6 +248,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         "--layers", type=int, nargs="*", help="only the settings with these hidden-layer counts"
     )
     parser.add_argument("--datasets", nargs="*", help="only these data sets")
+    parser.add_argument(
+        "--label-prior",
+        choices=("no", "yes"),
+        help="only the settings whose models are trained without / with their label prior",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
@@ -256,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         for s in settings
         if (args.layers is None or s[2] in args.layers)
         and (args.datasets is None or s[0] in args.datasets)
+        and (args.label_prior is None or s[4] == (args.label_prior == "yes"))
     ]
     options.update(
         price_rule=args.price_rule,
@@ -284,7 +295,13 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
             )
         except FileNotFoundError as e:
             results.append(
-                {"dataset": dataset, "split": split, "layers": layers, "skipped": str(e)}
+                {
+                    "dataset": dataset,
+                    "split": split,
+                    "layers": layers,
+                    "label_prior": label_prior,
+                    "skipped": str(e),
+                }
             )
     print(json.dumps(results, indent=1))
     return results

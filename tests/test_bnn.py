@@ -1,3 +1,4 @@
+import copy
 import gzip
 import json
 import subprocess
@@ -220,11 +221,22 @@ def test_label_prior_keeps_the_class_mix_out_of_the_weights(one_thread):
 
 
 @pytest.mark.parametrize(
-    "label_prior", [[1.0, 2.0], [1.0, 0.0, 2.0], [1.0, -1.0, 2.0], [1.0, float("nan"), 1.0]]
+    "label_prior",
+    [[1.0, 2.0], [1.0, 0.0, 2.0], [1.0, -1.0, 2.0], [1.0, float("nan"), 1.0], ["a", "b", "c"]],
 )
 def test_label_prior_errors(label_prior):
     with pytest.raises(ValueError, match="label_prior"):
         BayesianMLP(4, (5,), 3, label_prior=label_prior)
+
+
+def test_label_prior_is_a_constant(one_thread):
+    """A prior computed from something that requires grad must not tie the model to a graph."""
+    counts = torch.nn.Parameter(torch.tensor([3.0, 1.0, 1.0]))
+    model = BayesianMLP(4, (5,), 3, label_prior=counts * 2)
+    assert not model.log_label_prior.requires_grad
+    copy.deepcopy(model)
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    train_svi(model, AutoNormal(model), x, y, num_epochs=2, batch_size=10)
 
 
 def test_training_a_written_back_guide_leaves_the_posterior_alone(one_thread):

@@ -302,7 +302,7 @@ def fuse_mlps(
         no client saw use ``weights``. Needs ``combine="average"``. (Heterogeneous MNIST:
         ``benchmarks/bnn_fusion.py``, row ``fused_class_counts``.) Clients trained under
         the label-shift likelihood (:class:`~pyro_fusion.models.bnn.BayesianMLP` with
-        ``label_prior``) need no class counts to fuse.
+        ``label_prior``) fuse about as well without them.
     :param int seed: seed of :func:`~pyro_fusion.fuse`.
     :rtype: FusedMLP
     """

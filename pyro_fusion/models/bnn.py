@@ -10,7 +10,7 @@ dimensions, so a whole posterior predictive is one batched computation.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -76,21 +76,24 @@ class BayesianMLP(PyroModule):
     ``Categorical(logits = f(x) + log label_prior)``: the network ``f`` scores how typical
     ``x`` is of each class, ``p(x | y)``, which clients share, while ``label_prior`` is this
     client's own class mix ``p(y)``. Clients whose label mixes differ then learn posteriors
-    over the same function ``f`` and fuse without ``class_counts``; to predict for another
-    mix, e.g. balanced test data, use a network without (or with that) ``label_prior`` and
-    the same posterior::
+    over the same function ``f`` (on the classes they saw) and fuse well without
+    ``class_counts``; to predict for another mix, e.g. balanced test data, use a network
+    without (or with that) ``label_prior`` and the same posterior::
 
-        >>> skewed = BayesianMLP(784, label_prior=torch.tensor([50.0] + [1.0] * 9))
+        >>> skewed = BayesianMLP(784, label_prior=[5.0, 1.0] + [0.5] * 8)
         >>> balanced = BayesianMLP(784)
-        >>> skewed.site_shapes() == balanced.site_shapes()
-        True
+        >>> weights = {name: torch.zeros(shape) for name, shape in balanced.site_shapes().items()}
+        >>> with pyro.poutine.condition(data=weights):
+        ...     shift = skewed(torch.zeros(1, 784)) - balanced(torch.zeros(1, 784))
+        >>> shift.exp()[0, :3]
+        tensor([0.5000, 0.1000, 0.0500])
 
     :param int in_features: input size.
     :param hidden: widths of the hidden layers (at least one).
     :param int out_features: number of classes.
     :param float prior_scale: standard deviation of the prior of every weight and bias.
-    :param Tensor label_prior: optional positive ``(out_features,)`` class frequencies or
-        counts of the data (normalised here; smooth zero counts, e.g. ``counts + 1``).
+    :param label_prior: optional positive ``(out_features,)`` class frequencies or counts of
+        the data (normalised here, a constant; smooth zero counts, e.g. ``counts + 1``).
     """
 
     def __init__(
@@ -99,20 +102,27 @@ class BayesianMLP(PyroModule):
         hidden: Sequence[int] = (100,),
         out_features: int = 10,
         prior_scale: float = 1.0,
-        label_prior: Optional[Tensor] = None,
+        label_prior: Union[Tensor, Sequence[float], None] = None,
     ):
         if not hidden or min(hidden) < 1:
             raise ValueError(
                 f"BayesianMLP needs at least one hidden layer of positive width, got {hidden}"
             )
         if label_prior is not None:
-            label_prior = torch.as_tensor(label_prior, dtype=torch.get_default_dtype())
+            try:
+                label_prior = torch.as_tensor(label_prior, dtype=torch.get_default_dtype())
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"BayesianMLP: label_prior is not numeric: {e}") from None
+            label_prior = label_prior.detach()  # a constant, never part of a graph
             if label_prior.shape != (out_features,) or not bool(
                 (label_prior > 0).all() & label_prior.isfinite().all()
             ):
+                got = f"shape {tuple(label_prior.shape)}"
+                if label_prior.numel():
+                    got += f", smallest {label_prior.min().item():g}"
                 raise ValueError(
                     f"BayesianMLP: label_prior must be {out_features} positive finite numbers, "
-                    f"got {label_prior.tolist()}"
+                    f"got {got}"
                 )
         super().__init__()
         log_prior = None if label_prior is None else (label_prior / label_prior.sum()).log()
