@@ -1,5 +1,6 @@
 import pyro
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -10,3 +11,13 @@ def fresh_pyro_state():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (restored after): the tensors in these tests are small, and on a
+    shared 2-core machine thread start-up and contention dominate their cost."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,15 +28,6 @@ from pyro_fusion.models.bnn import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """Small SVI steps are dominated by thread start-up on a shared 2-core machine; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _have(loader):
     try:
         loader(train=False)

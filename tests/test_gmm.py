@@ -28,13 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CENTRES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """SVI on small tensors is fastest (and least disturbed by other jobs) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clustered(num_points: int, num_clusters: int, seed: int = 0) -> torch.Tensor:

@@ -52,13 +52,7 @@ from pyro_fusion.models.lda import LDA, Corpus
 from pyro_fusion.synthetic import gaussian_atoms_problem
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every tensor here is tiny: one intra-op thread is fastest on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----- the generic snapshot / compare -----------------------------------------------------

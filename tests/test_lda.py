@@ -27,13 +27,7 @@ from pyro_fusion.models.lda import (
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """LDA's matrix products are small: on a loaded 2-core machine one thread is far faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_corpus(num_docs=60, num_topics=4, vocab_size=40, words_per_doc=80, seed=0):
