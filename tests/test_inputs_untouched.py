@@ -1,7 +1,7 @@
 """The project rule "nothing the caller passed in (guides, param store, tensors) is modified",
 checked for the functions exported by ``pyro_fusion`` and for the adapters' and models' fusion
-and write-back entry points (one case each in ``CASES``; scoring helpers such as metrics or
-``predictive_probs`` that only read tensors are not listed).
+and write-back entry points, and for the scoring helpers that should only read their inputs
+(metrics, predictive evaluation, HMM decoding, LDA evaluation): one case each in ``CASES``.
 
 Each case builds small valid inputs and a ``run`` that calls the entry point (plus, for
 results that are functions or messengers, the use they are made for: building and training
@@ -29,6 +29,7 @@ from pyro.optim import Adam
 from torch.distributions import Distribution
 
 import pyro_fusion
+from pyro_fusion import metrics
 from pyro_fusion import (
     Components,
     FusedPrior,
@@ -46,9 +47,26 @@ from pyro_fusion.adapters import bnn as bnn_adapter
 from pyro_fusion.adapters import hmm as hmm_adapter
 from pyro_fusion.adapters import lda as lda_adapter
 from pyro_fusion.io import encode_posterior, save_components, save_posterior
-from pyro_fusion.models.bnn import BayesianMLP, delta_guide, normal_guide, normal_posterior, train_svi
-from pyro_fusion.models.hmm import HMMParams, HMMPrior, fit_gaussian_hmm
-from pyro_fusion.models.lda import LDA, Corpus
+from pyro_fusion.models.bnn import (
+    BayesianMLP,
+    delta_guide,
+    evaluate,
+    normal_guide,
+    normal_posterior,
+    predictive_probs,
+    train_svi,
+)
+from pyro_fusion.models.hmm import HMMParams, HMMPrior, decode, fit_gaussian_hmm, forward_backward
+from pyro_fusion.models.lda import (
+    LDA,
+    Corpus,
+    document_completion,
+    fit_doc_topics,
+    fold_in,
+    split_halves,
+    topic_word_matrix,
+    umass_coherence,
+)
 from pyro_fusion.synthetic import gaussian_atoms_problem
 
 
@@ -652,6 +670,115 @@ for _kind in ("guide", "fused"):
     def _(tmp_path, kind=_kind):
         post = client_posteriors(1)[0] if kind == "guide" else fused_posterior()
         return Case(post, lambda: encode_posterior(post), fresh=False)
+
+
+# ----- scoring helpers: they only read -------------------------------------------------------
+
+
+def two_point_sets():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+
+
+def two_labelings():
+    return torch.tensor([0, 0, 1, 1, 2, 2, 2]), torch.tensor([1, 1, 0, 0, 0, 2, 2])
+
+
+for _name, _metric in [
+    ("hausdorff", metrics.hausdorff),
+    ("ot_distance", metrics.ot_distance),
+]:
+
+    @case(f"metrics.{_name}")
+    def _(tmp_path, metric=_metric):
+        a, b = two_point_sets()
+        return Case((a, b), lambda: metric(a, b))
+
+
+for _name, _metric in [
+    ("contingency_table", metrics.contingency_table),
+    ("match_labels", metrics.match_labels),
+    ("best_matching_accuracy", metrics.best_matching_accuracy),
+    ("adjusted_rand_index", metrics.adjusted_rand_index),
+]:
+
+    @case(f"metrics.{_name}")
+    def _(tmp_path, metric=_metric):
+        pred, true = two_labelings()
+        return Case((pred, true), lambda: metric(pred, true))
+
+
+@case("predictive_probs")
+def _(tmp_path):
+    model, posterior, (x, _) = BayesianMLP(4, (3,), 3), random_posterior((3,), 0), bnn_data()
+    return Case((model, posterior, x), lambda: predictive_probs(model, posterior, x, num_samples=4))
+
+
+@case("evaluate")
+def _(tmp_path):
+    probs, labels = torch.full((4, 3), 1 / 3), torch.tensor([0, 1, 2, 0])
+    return Case((probs, labels), lambda: evaluate(probs, labels))
+
+
+@case("decode")
+def _(tmp_path):
+    params, x = hmm_params(), hmm_sequences()[0][0]
+    return Case((params, x), lambda: decode(params, x))
+
+
+@case("forward_backward")
+def _(tmp_path):
+    params, x = hmm_params(), hmm_sequences()[0][0]
+    log_init, log_trans, log_obs = params.init.log(), params.trans.log(), params.emission_log_prob(x)
+    return Case((log_init, log_trans, log_obs), lambda: forward_backward(log_init, log_trans, log_obs))
+
+
+@case("fit_gaussian_hmm")
+def _(tmp_path):
+    sequences = hmm_sequences()[0]
+    return Case(sequences, lambda: fit_gaussian_hmm(sequences, num_states=2, num_steps=3))
+
+
+def topics_and_counts(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    topics = torch.distributions.Dirichlet(torch.ones(3, 6, dtype=dtype)).sample()
+    return topics, torch.randint(0, 4, (5, 6), generator=g).to(dtype)
+
+
+@case("topic_word_matrix")
+def _(tmp_path):
+    posterior = dist.Dirichlet(torch.rand(3, 6) + 0.5)
+    return Case(posterior, lambda: topic_word_matrix(posterior))
+
+
+@case("fit_doc_topics")
+def _(tmp_path):
+    topics, counts = topics_and_counts()
+    return Case((topics, counts), lambda: fit_doc_topics(topics, counts, doc_prior=0.1))
+
+
+@case("fold_in")
+def _(tmp_path):
+    topics, counts = topics_and_counts()
+    return Case((topics, counts), lambda: fold_in(topics, counts))
+
+
+@case("split_halves")
+def _(tmp_path):
+    counts = topics_and_counts()[1]
+    return Case(counts, lambda: split_halves(counts))
+
+
+@case("document_completion")
+def _(tmp_path):
+    topics, counts = topics_and_counts()
+    return Case((topics, counts), lambda: document_completion(topics, counts))
+
+
+@case("umass_coherence")
+def _(tmp_path):
+    topics, counts = topics_and_counts()
+    return Case((topics, counts), lambda: umass_coherence(topics, counts, top_n=4))
 
 
 # ----- the test ----------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import math
 import os
 import runpy
 
@@ -21,6 +22,7 @@ from pyro_fusion.models.lda import (
     document_completion,
     split_halves,
     topic_word_matrix,
+    top_words,
     umass_coherence,
 )
 
@@ -269,6 +271,17 @@ def test_umass_prefers_true_topics():
     assert umass_coherence(true_topics, corpus.counts, top_n=5) > umass_coherence(
         shuffled, corpus.counts, top_n=5
     )
+
+
+def test_top_n_beyond_the_vocabulary_is_refused():
+    topics, vocab, counts = torch.full((2, 3), 1.0 / 3), ["a", "b", "c"], torch.ones(4, 3)
+    assert [len(words) for words in top_words(topics, vocab, n=3)] == [3, 3]
+    # every word in all 4 documents: each of the 3 pairs scores log((4 + 1) / 4)
+    assert umass_coherence(topics, counts, top_n=3) == pytest.approx(3 * math.log(5 / 4))
+    with pytest.raises(ValueError, match="top_words: asked for the top 4 words of a vocabulary of 3"):
+        top_words(topics, vocab, n=4)
+    with pytest.raises(ValueError, match="umass_coherence: asked for the top 0 words of a vocabulary of 3"):
+        umass_coherence(topics, counts, top_n=0)
 
 
 # ----- tutorial ------------------------------------------------------------------------------------
