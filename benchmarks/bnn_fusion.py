@@ -34,13 +34,16 @@ process's CPU time, the better measure on a shared machine). ``--small`` runs a 
 for tests.
 Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1] [--layers 1]
 [--datasets mnist] [--label-prior no|yes] [--price-rule location|prior] [--price-scale 1]
-[--direction reverse|forward] [--combine average|product]``.
+[--direction reverse|forward] [--combine average|product] [--min-steps 0]``.
+``--min-steps 1000`` trains every client long enough for its guide's scales to converge
+(the default 10 epochs leave each client's scales set by its number of steps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Dict, List, Optional
@@ -93,6 +96,7 @@ def run_setting(
     num_clients: int = 10,
     width: int = 100,
     epochs: int = 10,
+    min_steps: int = 0,
     label_prior: bool = False,
     finetune_epochs: int = 1,
     batch_size: int = 64,
@@ -114,7 +118,8 @@ def run_setting(
     :func:`~pyro_fusion.adapters.bnn.fuse_mlps`; the point variant gets the same price rule).
     With ``label_prior``, every model is trained under the label-shift likelihood with its
     own data's class mix (``BayesianMLP(label_prior=counts + 1)``) and every row predicts
-    with a uniform one."""
+    with a uniform one. Clients and the pooled model train for ``epochs``, or for more epochs
+    where that is under ``min_steps`` SVI steps (so small clients' scales converge too)."""
     start, cpu_start = time.perf_counter(), time.process_time()
     train, test = LOADERS[dataset](train=True), LOADERS[dataset](train=False)
     x, y = train.images[:train_size], train.labels[:train_size]
@@ -128,11 +133,14 @@ def run_setting(
         mix = torch.bincount(ys, minlength=10) + 1.0 if label_prior and ys is not None else None
         return BayesianMLP(x.shape[-1], widths, 10, prior_scale=prior_scale, label_prior=mix)
 
-    def train_model(j: int, xs: torch.Tensor, ys: torch.Tensor, num_epochs: int):
+    def epochs_for(num_examples: int) -> int:
+        return max(epochs, math.ceil(min_steps / math.ceil(num_examples / batch_size)))
+
+    def train_model(j: int, xs: torch.Tensor, ys: torch.Tensor):
         model = mlp(hidden, ys)
         locs = model.init_locs(seed if shared_init else seed + 1 + j)
         guide = AutoNormal(model, init_loc_fn=init_to_value(values=locs), init_scale=init_scale)
-        train_svi(model, guide, xs, ys, num_epochs, batch_size, lr, seed=seed + j)
+        train_svi(model, guide, xs, ys, epochs_for(len(xs)), batch_size, lr, seed=seed + j)
         return mlp(hidden), normal_posterior(guide)
 
     def predict(model: BayesianMLP, posterior) -> torch.Tensor:
@@ -140,7 +148,7 @@ def run_setting(
 
     local_model, posteriors, local_probs = None, [], []
     for j, part in enumerate(parts):
-        local_model, posterior = train_model(j, x[part], y[part], epochs)
+        local_model, posterior = train_model(j, x[part], y[part])
         posteriors.append(posterior)
         local_probs.append(predict(local_model, posterior))
     local = [evaluate(p, y_test) for p in local_probs]
@@ -204,7 +212,7 @@ def run_setting(
         rows[row] = _row(
             predict(fused.model, normal_posterior(guide)), y_test, list(fused.model.widths)
         )
-    pooled_model, pooled_posterior = train_model(num_clients, x, y, epochs)
+    pooled_model, pooled_posterior = train_model(num_clients, x, y)
     rows["pooled"] = _row(predict(pooled_model, pooled_posterior), y_test, list(hidden))
     return {
         "dataset": dataset,
@@ -216,6 +224,8 @@ def run_setting(
         "train_size": len(x),
         "test_size": len(x_test),
         "epochs": epochs,
+        "min_steps": min_steps,
+        "client_epochs": [epochs_for(n) for n in sizes],
         "label_prior": label_prior,
         "samples": num_samples,
         "price_rule": price_rule,
@@ -245,6 +255,13 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
     parser.add_argument("--direction", choices=("reverse", "forward"), default="reverse")
     parser.add_argument("--combine", choices=("average", "product"), default="average")
     parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=0,
+        help="train clients and pooled model for at least this many SVI steps (default 0: "
+        "the settings' epochs only)",
+    )
+    parser.add_argument(
         "--layers", type=int, nargs="*", help="only the settings with these hidden-layer counts"
     )
     parser.add_argument("--datasets", nargs="*", help="only these data sets")
@@ -273,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         price_scale=args.price_scale,
         direction=args.direction,
         combine=args.combine,
+        min_steps=args.min_steps,
     )
     results = []
     for dataset, split, layers, epochs, label_prior in settings:

@@ -562,7 +562,7 @@ def test_benchmark_small_runs():
     if not _have(load_mnist):
         pytest.skip("MNIST not available")
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bnn_fusion.py"), "--small"],
+        [sys.executable, str(ROOT / "benchmarks" / "bnn_fusion.py"), "--small", "--min-steps", "25"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -588,6 +588,10 @@ def test_benchmark_small_runs():
     assert settings == [(1, False), (2, False), (1, True)]
     for setting in results:
         assert setting["dataset"] == "mnist" and setting["split"] == "heterogeneous"
+        # clients too small for 25 steps in the setting's epochs train for more epochs
+        steps = [-(-n // 50) for n in setting["client_sizes"]]  # batches of 50 per epoch
+        assert setting["client_epochs"] == [max(setting["epochs"], -(-25 // b)) for b in steps]
+        assert setting["min_steps"] == 25
         assert set(setting["rows"]) == rows
         for row in setting["rows"].values():
             assert 0.0 <= row["accuracy"] <= 1.0 and row["nll"] > 0
