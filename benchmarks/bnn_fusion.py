@@ -226,6 +226,7 @@ def run_setting(
         "epochs": epochs,
         "min_steps": min_steps,
         "client_epochs": [epochs_for(n) for n in sizes],
+        "pooled_epochs": epochs_for(len(x)),
         "label_prior": label_prior,
         "samples": num_samples,
         "price_rule": price_rule,

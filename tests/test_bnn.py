@@ -592,6 +592,7 @@ def test_benchmark_small_runs():
         steps = [-(-n // 50) for n in setting["client_sizes"]]  # batches of 50 per epoch
         assert setting["client_epochs"] == [max(setting["epochs"], -(-25 // b)) for b in steps]
         assert setting["min_steps"] == 25
+        assert any(e > setting["epochs"] for e in setting["client_epochs"])
         assert set(setting["rows"]) == rows
         for row in setting["rows"].values():
             assert 0.0 <= row["accuracy"] <= 1.0 and row["nll"] > 0

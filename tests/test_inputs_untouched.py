@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, NamedTuple
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -64,6 +65,7 @@ from pyro_fusion.models.lda import (
     fit_doc_topics,
     fold_in,
     split_halves,
+    top_words,
     topic_word_matrix,
     umass_coherence,
 )
@@ -86,13 +88,17 @@ def _is_namedtuple(obj) -> bool:
 
 
 def collect(root) -> Dict[str, torch.Tensor]:
-    """Every tensor reachable from ``root``, keyed by the path that reaches it first."""
+    """Every tensor (or writable numeric NumPy array, as a tensor on its memory) reachable
+    from ``root``, keyed by the path that reaches it first."""
     found: Dict[str, torch.Tensor] = {}
     seen = set()
 
     def visit(obj, path):
         if isinstance(obj, torch.Tensor):
             found.setdefault(path, obj)
+            return
+        if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc" and obj.flags.writeable:
+            found.setdefault(path, torch.from_numpy(obj))  # same memory: aliases are seen
             return
         if obj is PARAM_STORE:
             visit(pyro.get_param_store().get_state(), path)
@@ -218,6 +224,8 @@ def test_the_helpers_see_modifications_and_aliases():
     assert_no_alias(before, {"new": loc.clone()})
     with pytest.raises(AssertionError, match="shares memory"):
         assert_no_alias(before, {"view": loc[1]})
+    with pytest.raises(AssertionError, match="shares memory"):
+        assert_no_alias(before, {"array": loc.numpy()})
     module = torch.nn.Linear(2, 2)
     before = snapshot(module)
     with torch.no_grad():
@@ -749,6 +757,12 @@ def topics_and_counts(dtype=torch.float64):
 def _(tmp_path):
     posterior = dist.Dirichlet(torch.rand(3, 6) + 0.5)
     return Case(posterior, lambda: topic_word_matrix(posterior))
+
+
+@case("top_words")
+def _(tmp_path):
+    topics, vocab = topics_and_counts()[0], ["a", "b", "c", "d", "e", "f"]
+    return Case((topics, vocab), lambda: top_words(topics, vocab, n=2))
 
 
 @case("fit_doc_topics")

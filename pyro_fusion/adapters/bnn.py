@@ -235,11 +235,12 @@ def fuse_mlps(
     Fuses the mean-field posteriors of several clients' Bayesian MLPs into one network.
 
     KL-fusion weighs every weight by its posterior precision, so the guides' scales should be
-    trained, not still on their way from ``init_scale``: Adam moves a log-scale by about ``lr``
-    per step, so a guide stopped after a few hundred steps from a small ``init_scale`` has
-    nearly one scale for all its weights, set by its number of steps rather than its data, and
-    the clients with the fewest steps count most (``benchmarks/bnn_fusion.py`` measures this;
-    the point-estimate variant, ``point_scale``, ignores the scales).
+    trained, not still on their way from ``init_scale``: Adam moves each unconstrained scale
+    (about its log while small) by about ``lr`` per step, so a guide stopped after a few
+    hundred steps from a small ``init_scale`` has nearly one scale for all its weights, set by
+    its number of steps rather than its data, and the clients with the fewest steps count most
+    (README, ``benchmarks/bnn_fusion.py --min-steps``; the point-estimate variant,
+    ``point_scale``, ignores the scales).
 
     Example::
 

@@ -575,7 +575,7 @@ def umass_coherence(topics: Tensor, counts: Tensor, top_n: int = 10) -> float:
     ``sum_{i<j} log((D(w_i, w_j) + 1) / D(w_j))`` over each topic's words ranked by probability, where
     ``D`` counts the documents containing the words (a word absent from the corpus counts as 1 document).
     """
-    _check_top_n(top_n, topics.shape[-1], "umass_coherence")
+    _check_top_n(top_n, topics.shape[-1], "umass_coherence", "top_n")
     top = topics.topk(top_n, dim=-1).indices  # [K, n]
     present = (counts > 0).double()  # [D, V]
     sub = present[:, top]  # [D, K, n]
@@ -585,14 +585,14 @@ def umass_coherence(topics: Tensor, counts: Tensor, top_n: int = 10) -> float:
     return float(score.sum((-2, -1)).mean())
 
 
-def _check_top_n(n: int, vocab_size: int, caller: str) -> None:
+def _check_top_n(n: int, vocab_size: int, caller: str, name: str) -> None:
     if not 1 <= n <= vocab_size:
-        raise ValueError(f"{caller}: asked for the top {n} words of a vocabulary of {vocab_size}")
+        raise ValueError(f"{caller}: {name}={n} must be in [1, {vocab_size}] (the vocabulary size)")
 
 
 def top_words(topics: Tensor, vocab: Sequence[str], n: int = 10) -> list:
     """The ``n`` most probable words of every topic, as lists of strings."""
-    _check_top_n(n, topics.shape[-1], "top_words")
+    _check_top_n(n, topics.shape[-1], "top_words", "n")
     return [[vocab[i] for i in row] for row in topics.topk(n, dim=-1).indices.tolist()]
 
 
