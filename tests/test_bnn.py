@@ -1,6 +1,7 @@
 import copy
 import gzip
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -589,8 +590,8 @@ def test_benchmark_small_runs():
     for setting in results:
         assert setting["dataset"] == "mnist" and setting["split"] == "heterogeneous"
         # clients too small for 25 steps in the setting's epochs train for more epochs
-        steps = [-(-n // 50) for n in setting["client_sizes"]]  # batches of 50 per epoch
-        assert setting["client_epochs"] == [max(setting["epochs"], -(-25 // b)) for b in steps]
+        batches = [math.ceil(n / 50) for n in setting["client_sizes"]]  # per epoch
+        assert setting["client_epochs"] == [max(setting["epochs"], math.ceil(25 / b)) for b in batches]
         assert setting["min_steps"] == 25
         assert any(e > setting["epochs"] for e in setting["client_epochs"])
         assert set(setting["rows"]) == rows

@@ -692,28 +692,19 @@ def two_labelings():
     return torch.tensor([0, 0, 1, 1, 2, 2, 2]), torch.tensor([1, 1, 0, 0, 0, 2, 2])
 
 
-for _name, _metric in [
-    ("hausdorff", metrics.hausdorff),
-    ("ot_distance", metrics.ot_distance),
+for _name, _inputs in [
+    ("hausdorff", two_point_sets),
+    ("ot_distance", two_point_sets),
+    ("contingency_table", two_labelings),
+    ("match_labels", two_labelings),
+    ("best_matching_accuracy", two_labelings),
+    ("adjusted_rand_index", two_labelings),
 ]:
 
     @case(f"metrics.{_name}")
-    def _(tmp_path, metric=_metric):
-        a, b = two_point_sets()
+    def _(tmp_path, metric=getattr(metrics, _name), inputs=_inputs):
+        a, b = inputs()
         return Case((a, b), lambda: metric(a, b))
-
-
-for _name, _metric in [
-    ("contingency_table", metrics.contingency_table),
-    ("match_labels", metrics.match_labels),
-    ("best_matching_accuracy", metrics.best_matching_accuracy),
-    ("adjusted_rand_index", metrics.adjusted_rand_index),
-]:
-
-    @case(f"metrics.{_name}")
-    def _(tmp_path, metric=_metric):
-        pred, true = two_labelings()
-        return Case((pred, true), lambda: metric(pred, true))
 
 
 @case("predictive_probs")
