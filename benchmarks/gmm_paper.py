@@ -8,9 +8,9 @@ diag=sqrt(1 + l))``; ``J`` groups; component ``l`` has keep probability ``p_l ~ 
 each group keeps each component with that probability (redrawn until it keeps at least 2),
 perturbs its means by ``N(0, 0.1^2)`` and its covariances by ``Wishart(df=200, Sigma) / 200``,
 and draws ``M = 300`` points with mixing proportions ``~ Dirichlet(10)``. The true components
-are those kept by at least one group (DESIGN §6). ``--separation`` defaults to 1 (the released
-script runs 0.1 and lists 1 and 0.5 as alternatives); the components overlap heavily in all of
-these settings.
+are those kept by at least one group (see the user guide, docs/guide/metrics).
+``--separation`` defaults to 1 (the released script runs 0.1 and lists 1 and 0.5 as
+alternatives); the components overlap heavily in all of these settings.
 
 Each group fits :func:`~pyro_fusion.models.gmm.gmm_model` (full covariances with an LKJ prior;
 its own number of components = the number it kept, as in the released code, which fits
@@ -44,10 +44,10 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_fusion.extract import extract
-from pyro_fusion.fused import fuse_posteriors
+from pyro_fusion import extract, fuse_posteriors
 from pyro_fusion.metrics import hausdorff, ot_distance
-from pyro_fusion.models.gmm import GMMPrior, fit_gmm, gmm_sites, kmeans, prior_component
+from pyro_fusion.models.clustering import kmeans
+from pyro_fusion.models.gmm import GMMPrior, fit_gmm, gmm_sites, prior_component
 
 
 def make_spd_matrix(rng: np.random.Generator, dim: int, diag: float) -> np.ndarray:

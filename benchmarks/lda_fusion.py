@@ -29,10 +29,12 @@ import time
 import pyro
 import torch
 
-from pyro_fusion.adapters.lda import fuse_lda, naive_average, union_vocabulary
+from pyro_fusion.adapters.lda import average_topics_by_index, fuse_lda, union_vocabulary
 from pyro_fusion.datasets.ap import load_ap
 from pyro_fusion.datasets.brown import load_brown
-from pyro_fusion.models.lda import LDA, Corpus, document_completion, topic_word_matrix, umass_coherence
+from pyro_fusion.datasets import Corpus
+from pyro_fusion.metrics.topics import document_completion, topic_word_matrix, umass_coherence
+from pyro_fusion.models.lda import LDA
 
 TEST_FRACTION = 0.2
 BATCH_SIZE = 32
@@ -98,7 +100,7 @@ def run(name, corpus, train_index, test_index, num_topics, passes, seed, log, pr
     )
     fused_k, result_k = fuse_lda(models, weights=weights, name=f"{name}.fused_k", num_global=num_topics)
     log(f"{name}: fused into {num_topics} topics (parametric), {time.time() - start:.0f}s")
-    naive = topic_word_matrix(naive_average(models, union).distributions()["topic_words"])
+    naive = topic_word_matrix(average_topics_by_index(models, union).distributions()["topic_words"])
     local = [scores(topic_word_matrix(fused_like(m, union)), test, pooled_train.counts, seed) for m in models]
     best = max(local, key=lambda r: r["heldout_ll_per_word"])
     rows = {

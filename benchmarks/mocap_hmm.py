@@ -1,7 +1,7 @@
 """
 Benchmark of the main job (issue 4): fuse per-sequence HMMs on mocap6 over several seeds.
 
-Runs :func:`pyro_fusion.demo.run_demo` once per seed (nothing written to disk) and prints one
+Runs :func:`pyro_fusion.apps.mocap.run_demo` once per seed (nothing written to disk) and prints one
 JSON object: the per-seed rows (fused, fused_em, pooled, kmeans, local_mean, local_on_all_best,
 local_on_all_mean, seconds) and the mean and
 standard deviation of every number over seeds.
@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from pyro_fusion.demo import run_demo
+from pyro_fusion.apps.mocap import run_demo
 
 ROWS = ("fused", "fused_em", "pooled", "kmeans", "local_mean", "local_on_all_best", "local_on_all_mean")
 

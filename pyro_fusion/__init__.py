@@ -2,17 +2,13 @@
 from .barycenter import barycenter
 from .components import Components, Field
 from .cost import KLGeometry, kl_cost_matrix
-from .extract import GuidePosterior, extract
-from .fused import (
-    FusedAutoNormal,
-    FusedPosterior,
-    FusedPrior,
-    PosteriorPrior,
-    fuse_posteriors,
-    init_to_fused,
-)
+from .deprecation import moved
 from .fusion import FusionResult, default_price, fuse, spread_price
-from .io import load_components, load_result, save_components
+from .io import load_components, save_components
+from .posterior import FusedPosterior, GuidePosterior, fuse_posteriors
+from .priors import FusedPrior, PosteriorPrior
+from .readout import extract
+from .writeback import FusedAutoNormal, init_to_fused
 
 __version__ = "0.1.0"
 
@@ -34,7 +30,8 @@ __all__ = [
     "init_to_fused",
     "kl_cost_matrix",
     "load_components",
-    "load_result",
     "spread_price",
     "save_components",
 ]
+
+__getattr__ = moved(__name__, {"load_result": "pyro_fusion.fusion:FusionResult.load"})

@@ -8,8 +8,7 @@ from typing import List, Optional
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    from .extract import GuidePosterior
-    from .fused import fuse_posteriors
+    from .posterior import GuidePosterior, fuse_posteriors
 
     posteriors = []
     for path in args.clients:
@@ -44,7 +43,7 @@ def _fuse(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    from .apps.mocap import format_table, run_demo
 
     metrics = run_demo(seed=args.seed, out=args.out, steps=args.steps, em_rounds=args.em_rounds)
     print(format_table(metrics))

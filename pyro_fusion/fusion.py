@@ -74,9 +74,9 @@ class FusionResult:
     @classmethod
     def load(cls, path: str) -> "FusionResult":
         """Load a file written by :meth:`save`."""
-        from .io import load_result
+        from .io import load_result_record
 
-        return load_result(path)
+        return cls(**load_result_record(path))
 
 
 def _check_clients(clients: Sequence[Components]) -> None:

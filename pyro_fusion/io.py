@@ -1,8 +1,23 @@
-"""Exchange files: plain tensors in safetensors plus JSON metadata. Nothing is ever unpickled.
+"""The exchange codec: plain tensors plus a JSON header, in safetensors files or Flower
+messages. Nothing is ever unpickled.
 
 A file holds named groups of :class:`~pyro_fusion.components.Components` (tensor keys
 ``"<group>/<field>"``) and one JSON metadata string describing the families, so it can be
 read without the model that produced it.
+
+The codec sits below the objects it encodes: it turns *records* (plain dicts of Components,
+tensors and JSON values) into tensors and a header and back, and imports none of the
+posterior or result classes. :class:`~pyro_fusion.posterior.GuidePosterior`,
+:class:`~pyro_fusion.posterior.FusedPosterior` and :class:`~pyro_fusion.fusion.FusionResult`
+convert themselves to and from records and call it in their ``save``/``load``.
+
+Record kinds (key ``"kind"``):
+
+- ``"guide_posterior"``: ``component_dims``, ``simplex`` (site -> ``(axes, value)``),
+  ``site_shapes``, ``sources``, ``site_families``, ``components``, ``shared``, ``weight``;
+- ``"fused_posterior"``: the same site layout, ``shared`` and ``result`` (a result record or None);
+- a result record (:data:`RESULT_FIELDS`): the fields of a
+  :class:`~pyro_fusion.fusion.FusionResult`.
 """
 from __future__ import annotations
 
@@ -15,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .components import Components
+from .deprecation import moved
 from .expfam import family_from_spec
 
 FORMAT = "pyro_fusion"
@@ -135,30 +151,41 @@ def load_components(path: str) -> Components:
     return groups["components"]
 
 
-def _result_tensors(result) -> Dict[str, torch.Tensor]:
-    tensors = {f"assignment/{j}": a for j, a in enumerate(result.assignments)}
-    tensors["support"] = result.support
-    tensors["objective"] = torch.tensor(result.objective, dtype=torch.float64)
+#: the fields of a :class:`~pyro_fusion.fusion.FusionResult` a result record holds
+RESULT_FIELDS = (
+    "components", "assignments", "support", "objective", "iterations", "converged", "price", "direction", "combine"
+)
+
+
+def result_record(result: Any) -> Dict[str, Any]:
+    """The record of a :class:`~pyro_fusion.fusion.FusionResult` (or of a record: a copy)."""
+    if isinstance(result, Mapping):
+        return {name: result[name] for name in RESULT_FIELDS}
+    return {name: getattr(result, name) for name in RESULT_FIELDS}
+
+
+def _result_tensors(result: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    tensors = {f"assignment/{j}": a for j, a in enumerate(result["assignments"])}
+    tensors["support"] = result["support"]
+    tensors["objective"] = torch.tensor(result["objective"], dtype=torch.float64)
     return tensors
 
 
-def _result_metadata(result) -> Dict[str, Any]:
+def _result_metadata(result: Mapping[str, Any]) -> Dict[str, Any]:
     return {
-        "direction": result.direction,
-        "combine": result.combine,
-        "price": result.price,
-        "iterations": result.iterations,
-        "converged": result.converged,
-        "num_clients": len(result.assignments),
+        "direction": result["direction"],
+        "combine": result["combine"],
+        "price": result["price"],
+        "iterations": result["iterations"],
+        "converged": result["converged"],
+        "num_clients": len(result["assignments"]),
     }
 
 
-def _read_result(path: str, components: Components, extra, meta):
-    from .fusion import FusionResult
-
+def _read_result(path: str, components: Components, extra, meta) -> Dict[str, Any]:
     try:
         assignments = [extra[f"assignment/{j}"] for j in range(meta["num_clients"])]
-        return FusionResult(
+        return dict(
             components=components,
             assignments=assignments,
             support=extra["support"],
@@ -173,14 +200,18 @@ def _read_result(path: str, components: Components, extra, meta):
         raise ValueError(f"{path}: malformed fusion result, missing {e}") from None
 
 
-def save_result(result, path: str) -> None:
-    """Save a :class:`~pyro_fusion.fusion.FusionResult` (see :meth:`FusionResult.save`)."""
-    meta = {"kind": "fusion_result", **_result_metadata(result)}
-    save_groups(path, {"global": result.components}, meta, _result_tensors(result))
+def save_result(result: Any, path: str) -> None:
+    """Save a :class:`~pyro_fusion.fusion.FusionResult` or its record (see :meth:`FusionResult.save
+    <pyro_fusion.fusion.FusionResult.save>`)."""
+    record = result_record(result)
+    meta = {"kind": "fusion_result", **_result_metadata(record)}
+    save_groups(path, {"global": record["components"]}, meta, _result_tensors(record))
 
 
-def load_result(path: str):
-    """Load a :class:`~pyro_fusion.fusion.FusionResult` saved by :func:`save_result`."""
+def load_result_record(path: str) -> Dict[str, Any]:
+    """The record of a :class:`~pyro_fusion.fusion.FusionResult` saved by :func:`save_result`
+    (``FusionResult(**record)`` rebuilds it; :meth:`FusionResult.load
+    <pyro_fusion.fusion.FusionResult.load>` does)."""
     groups, extra, meta = load_groups(path)
     if meta.get("kind") != "fusion_result" or "global" not in groups:
         raise ValueError(f"{path}: not a saved fusion result")
@@ -190,53 +221,57 @@ def load_result(path: str):
 _FLOATS = (torch.float32, torch.float64)
 
 
-def _site_metadata(post) -> Dict[str, Any]:
+#: the site layout every posterior record holds
+SITE_FIELDS = ("component_dims", "simplex", "site_shapes", "sources", "site_families")
+POSTERIOR_KINDS = ("guide_posterior", "fused_posterior")
+
+
+def _site_metadata(record: Mapping[str, Any]) -> Dict[str, Any]:
     return {
-        "component_dims": post.component_dims,
-        "simplex_axes": {n: list(axes) for n, (axes, _) in post.simplex.items()},
-        "site_shapes": {n: list(s) for n, s in post.site_shapes.items()},
-        "sources": post.sources,
-        "site_families": {n: f.spec() for n, f in post.site_families.items()},
+        "component_dims": record["component_dims"],
+        "simplex_axes": {n: list(axes) for n, (axes, _) in record["simplex"].items()},
+        "site_shapes": {n: list(s) for n, s in record["site_shapes"].items()},
+        "sources": record["sources"],
+        "site_families": {n: f.spec() for n, f in record["site_families"].items()},
     }
 
 
-def encode_posterior(post) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def encode_record(record: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """
-    A :class:`~pyro_fusion.extract.GuidePosterior` (kind ``"guide_posterior"``) or
-    :class:`~pyro_fusion.fused.FusedPosterior` (kind ``"fused_posterior"``) as plain tensors
-    and a JSON-serialisable header: the one exchange format of files and of
-    :mod:`pyro_fusion.flower` messages. Inverse of :func:`decode_posterior`.
+    A posterior record (kind ``"guide_posterior"`` or ``"fused_posterior"``, see the module
+    docstring) as plain tensors and a JSON-serialisable header: the one exchange format of
+    files and of :mod:`pyro_fusion.flower` messages. Inverse of :func:`decode_record`.
     """
-    from .extract import GuidePosterior
-    from .fused import FusedPosterior
-
-    tensors = {f"simplex/{n}": v for n, (_, v) in post.simplex.items()}
-    groups = {} if post.shared is None else {"shared": post.shared}
-    if isinstance(post, FusedPosterior):
-        meta = {"kind": "fused_posterior", **_site_metadata(post)}
-        if post.result is not None:
-            meta["result"] = _result_metadata(post.result)
-            tensors.update(_result_tensors(post.result))
-            groups["global"] = post.result.components
-    elif isinstance(post, GuidePosterior):
-        meta = {"kind": "guide_posterior", "weight": post.weight, **_site_metadata(post)}
-        if post.components is not None:
-            groups["components"] = post.components
+    kind = record.get("kind")
+    tensors = {f"simplex/{n}": v for n, (_, v) in record["simplex"].items()}
+    groups = {} if record["shared"] is None else {"shared": record["shared"]}
+    if kind == "fused_posterior":
+        meta = {"kind": kind, **_site_metadata(record)}
+        if record["result"] is not None:
+            result = result_record(record["result"])
+            meta["result"] = _result_metadata(result)
+            tensors.update(_result_tensors(result))
+            groups["global"] = result["components"]
+    elif kind == "guide_posterior":
+        meta = {"kind": kind, "weight": record["weight"], **_site_metadata(record)}
+        if record["components"] is not None:
+            groups["components"] = record["components"]
     else:
-        raise ValueError(f"expected a GuidePosterior or FusedPosterior, got {type(post).__name__}")
+        raise ValueError(f"expected a record of kind {' or '.join(POSTERIOR_KINDS)}, got {kind!r}")
+    return encode_groups(groups, meta, tensors)
     return encode_groups(groups, meta, tensors)
 
 
-def decode_posterior(
+def decode_record(
     tensors: Mapping[str, torch.Tensor],
     header: Mapping[str, Any],
     where: str,
     kind: Optional[str] = None,
     max_width: Optional[int] = None,
-):
+) -> Dict[str, Any]:
     """
-    Validate and decode what :func:`encode_posterior` produced, e.g. a file or message from
-    another party. Checks the format and version, the kind, that the declared fields are
+    Validate and decode what :func:`encode_record` produced, e.g. a file or message from
+    another party, into a posterior record. Checks the format and version, the kind, that the declared fields are
     exactly those the sites need with the families the sites imply, the set of tensors,
     each tensor's dtype and shape (at most ``max_width`` components), finite values,
     natural parameters inside their family's domain, nonnegative simplex values and global
@@ -249,14 +284,11 @@ def decode_posterior(
     :param int max_width: the largest number of components accepted.
     :raises ValueError: naming ``where`` and the first problem found.
     """
-    from .extract import GuidePosterior
-    from .fused import FusedPosterior
-
     _check_version(header, where)
     try:
         meta = header["metadata"]
         got_kind = meta.get("kind")
-        if got_kind not in ("guide_posterior", "fused_posterior") or (kind is not None and got_kind != kind):
+        if got_kind not in POSTERIOR_KINDS or (kind is not None and got_kind != kind):
             raise ValueError(f"holds a {got_kind!r}, expected a {kind or 'posterior'!r}")
         sites = _read_sites(meta)
         specs = header["groups"]
@@ -335,12 +367,14 @@ def decode_posterior(
         weight = meta.get("weight")
         if weight is not None and not (isinstance(weight, (int, float)) and weight > 0):
             raise ValueError(f"{where}: weight must be a positive number, got {weight!r}")
-        return GuidePosterior(components=groups.get("components"), shared=groups.get("shared"), weight=weight, **sites)
+        return dict(
+            kind=got_kind, components=groups.get("components"), shared=groups.get("shared"), weight=weight, **sites
+        )
     result = None
     if result_meta is not None:
         extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
         result = _read_result(where, groups["global"], extra, result_meta)
-    return FusedPosterior(result=result, shared=groups.get("shared"), **sites)
+    return dict(kind=got_kind, result=result, shared=groups.get("shared"), **sites)
 
 
 def _read_sites(meta: Mapping[str, Any]) -> Dict[str, Any]:
@@ -367,17 +401,27 @@ def _sorted(groups) -> Any:
     return {g: sorted(s) for g, s in sorted(groups.items())} if isinstance(groups, dict) else groups
 
 
-def save_posterior(post, path: str) -> None:
-    """
-    Save a client's :class:`~pyro_fusion.extract.GuidePosterior` or a
-    :class:`~pyro_fusion.fused.FusedPosterior`: plain tensors + JSON, readable without the
-    model (see :func:`encode_posterior`).
-    """
-    tensors, header = encode_posterior(post)
+def save_record(record: Mapping[str, Any], path: str) -> None:
+    """Save a posterior record as one safetensors file: plain tensors + JSON, readable without
+    the model (see :func:`encode_record`)."""
+    tensors, header = encode_record(record)
     save_file(tensors, path, metadata={FORMAT: json.dumps(header)})
 
 
-def load_posterior(path: str, kind: str = "guide_posterior", max_width: Optional[int] = None):
-    """Load and validate a file written by :func:`save_posterior` (see :func:`decode_posterior`)."""
+def load_record(path: str, kind: Optional[str] = None, max_width: Optional[int] = None) -> Dict[str, Any]:
+    """Load and validate a file written by :func:`save_record` (see :func:`decode_record`)."""
     tensors, header = read_file(path)
-    return decode_posterior(tensors, header, path, kind, max_width)
+    return decode_record(tensors, header, path, kind, max_width)
+
+
+#: object-level names that moved next to their classes (kept for one release)
+__getattr__ = moved(
+    __name__,
+    {
+        "encode_posterior": "pyro_fusion.posterior:encode_posterior",
+        "decode_posterior": "pyro_fusion.posterior:decode_posterior",
+        "save_posterior": "pyro_fusion.posterior:save_posterior",
+        "load_posterior": "pyro_fusion.posterior:load_posterior",
+        "load_result": "pyro_fusion.fusion:FusionResult.load",
+    },
+)

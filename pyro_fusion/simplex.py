@@ -1,10 +1,11 @@
 """Sites on a simplex indexed by component (mixture weights, transition matrices).
 
 Their coordinates cannot be permuted in unconstrained space, so they are rebuilt after
-matching (DESIGN §4): each client's expected counts (e.g. expected transition counts, or
-its posterior mean scaled by its weight) are scattered into the global index space through
-its assignment and summed over clients; entries no client saw get the prior's
-concentration; then the last axis is normalised.
+matching: each client's expected counts (e.g. expected transition counts, or its posterior
+mean scaled by its weight) are scattered into the global index space through its assignment
+and summed over clients; entries no client saw get the prior's concentration; then the last
+axis is normalised (see the user guide, docs/guide/method, "Sites indexed by component on
+a simplex").
 """
 from __future__ import annotations
 

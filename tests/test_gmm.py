@@ -11,15 +11,13 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from pyro_fusion.extract import extract
-from pyro_fusion.fused import fuse_posteriors
+from pyro_fusion import extract, fuse_posteriors
 from pyro_fusion.metrics import hausdorff
 from pyro_fusion.models.gmm import (
     GMMPrior,
     fit_gmm,
     gmm_model,
     gmm_sites,
-    kmeans,
     kmeans_init_values,
     prior_component,
 )
@@ -58,22 +56,6 @@ def test_gmm_model_sites(correlated, K):
 def test_gmm_model_errors(data, prior, match):
     with pytest.raises(ValueError, match=match):
         gmm_model(data, 2, prior)
-
-
-@pytest.mark.parametrize("k", [2, 3])
-def test_kmeans_finds_separated_clusters(k):
-    data = clustered(90, k)
-    before = data.clone()
-    centres, labels = kmeans(data, k, restarts=3)
-    assert hausdorff(centres, CENTRES[:k]) < 0.3
-    assert labels.shape == (90,) and len(labels.unique()) == k
-    assert torch.equal(data, before)
-
-
-@pytest.mark.parametrize("k", [0, 11])
-def test_kmeans_rejects_bad_k(k):
-    with pytest.raises(ValueError, match="num_clusters"):
-        kmeans(torch.randn(10, 2), k)
 
 
 @pytest.mark.parametrize("correlated", [True, False])

@@ -9,7 +9,7 @@ import torch
 from pyro_fusion.adapters.hmm import em_update, fuse_hmms, hmm_components, hmm_statistics, refine_hmm
 from pyro_fusion.fusion import spread_price
 from pyro_fusion.metrics import best_matching_accuracy
-from pyro_fusion.demo import pooled_standardiser, run_demo, window_features
+from pyro_fusion.apps.mocap import pooled_standardiser, run_demo, window_features
 from pyro_fusion.models.hmm import (
     HMMParams,
     HMMPrior,
@@ -91,8 +91,9 @@ def test_fit_recovers_two_states(small_fit):
     path = fit.decode(x)
     assert best_matching_accuracy(path, states) > 0.95
     assert fit.losses[-1] < fit.losses[0]
-    assert torch.allclose(fit.occupancy.sum(), torch.tensor(60.0), atol=1e-3)
-    assert torch.allclose(fit.transition_counts.sum(), torch.tensor(59.0), atol=1e-3)
+    # float32 forward-backward: the sums of 60 marginals are exact to a few units in the 5th digit
+    assert torch.allclose(fit.occupancy.sum(), torch.tensor(60.0), rtol=1e-4, atol=0.0)
+    assert torch.allclose(fit.transition_counts.sum(), torch.tensor(59.0), rtol=1e-4, atol=0.0)
 
 
 def test_hmm_components_round_trip(small_fit):

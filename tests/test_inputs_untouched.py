@@ -47,7 +47,8 @@ from pyro_fusion import (
 from pyro_fusion.adapters import bnn as bnn_adapter
 from pyro_fusion.adapters import hmm as hmm_adapter
 from pyro_fusion.adapters import lda as lda_adapter
-from pyro_fusion.io import encode_posterior, save_components, save_posterior
+from pyro_fusion.io import save_components
+from pyro_fusion.posterior import encode_posterior, save_posterior
 from pyro_fusion.models.bnn import (
     BayesianMLP,
     delta_guide,
@@ -58,17 +59,16 @@ from pyro_fusion.models.bnn import (
     train_svi,
 )
 from pyro_fusion.models.hmm import HMMParams, HMMPrior, decode, fit_gaussian_hmm, forward_backward
-from pyro_fusion.models.lda import (
-    LDA,
-    Corpus,
+from pyro_fusion.datasets import Corpus
+from pyro_fusion.metrics.topics import (
     document_completion,
-    fit_doc_topics,
     fold_in,
     split_halves,
     top_words,
     topic_word_matrix,
     umass_coherence,
 )
+from pyro_fusion.models.lda import LDA, fit_doc_topics
 from pyro_fusion.synthetic import gaussian_atoms_problem
 
 
@@ -649,11 +649,11 @@ def _(tmp_path):
     return Case(model, lambda: lda_adapter.topic_components(model))
 
 
-@case("lda.naive_average")
+@case("lda.average_topics_by_index")
 def _(tmp_path):
     models = dirichlet_ldas()
     union = lda_adapter.union_vocabulary([m.vocab for m in models])
-    return Case(models, lambda: lda_adapter.naive_average(models, union))
+    return Case(models, lambda: lda_adapter.average_topics_by_index(models, union))
 
 
 # ----- io ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from pyro_fusion import GuidePosterior, fuse_posteriors
-from pyro_fusion.io import FORMAT, decode_posterior, encode_posterior
+from pyro_fusion.io import FORMAT
+from pyro_fusion.posterior import decode_posterior, encode_posterior
 from test_guides import client_guides
 
 

@@ -9,22 +9,22 @@ import torch
 
 from pyro_fusion.adapters.lda import (
     align_concentration,
+    average_topics_by_index,
     fuse_lda,
-    naive_average,
     topic_components,
     union_vocabulary,
 )
 from pyro_fusion.datasets.ap import load_ap
 from pyro_fusion.datasets.brown import load_brown
-from pyro_fusion.models.lda import (
-    LDA,
-    Corpus,
+from pyro_fusion.datasets import Corpus
+from pyro_fusion.metrics.topics import (
     document_completion,
     split_halves,
     topic_word_matrix,
     top_words,
     umass_coherence,
 )
+from pyro_fusion.models.lda import LDA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -242,7 +242,7 @@ def test_different_vocabularies_end_to_end():
         )
         for m in models
     ]
-    naive = topic_word_matrix(naive_average(models, fused.vocab).distributions()["topic_words"])
+    naive = topic_word_matrix(average_topics_by_index(models, fused.vocab).distributions()["topic_words"])
     assert fused_ll > max(local_ll)
     assert fused_ll >= document_completion(naive, test_counts) - 1e-6
     assert 4 <= result.num_global <= 12

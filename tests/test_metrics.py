@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import pyro_fusion.metrics
+import pyro_fusion.metrics.labels
+import pyro_fusion.metrics.points
 from pyro_fusion.metrics import (
     adjusted_rand_index,
     best_matching_accuracy,
@@ -43,8 +44,9 @@ def labelling_pairs(draw):
     return np.array(pred), np.array(true)
 
 
-def test_docstring_examples():
-    failures, tried = doctest.testmod(pyro_fusion.metrics, raise_on_error=False)
+@pytest.mark.parametrize("module", [pyro_fusion.metrics.points, pyro_fusion.metrics.labels])
+def test_docstring_examples(module):
+    failures, tried = doctest.testmod(module, raise_on_error=False)
     assert tried > 0 and failures == 0
 
 

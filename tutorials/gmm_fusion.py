@@ -26,8 +26,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.optim import ClippedAdam
 
-from pyro_fusion.extract import extract
-from pyro_fusion.fused import FusedPrior, fuse_posteriors, init_to_fused
+from pyro_fusion import FusedPrior, extract, fuse_posteriors, init_to_fused
 from pyro_fusion.metrics import hausdorff
 from pyro_fusion.models.gmm import fit_gmm, gmm_model, gmm_sites
 

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 from pyro_fusion.adapters.lda import fuse_lda, topic_components  # noqa: E402
 from pyro_fusion.datasets.brown import load_brown  # noqa: E402
-from pyro_fusion.models.lda import LDA, document_completion, top_words, topic_word_matrix  # noqa: E402
+from pyro_fusion.metrics.topics import document_completion, top_words, topic_word_matrix  # noqa: E402
+from pyro_fusion.models.lda import LDA  # noqa: E402
 
 SMOKE = os.environ.get("PYRO_FUSION_SMOKE") == "1"
 OUTPUT = os.environ.get("PYRO_FUSION_OUTPUT", "outputs")

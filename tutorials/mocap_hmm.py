@@ -30,7 +30,7 @@ import matplotlib
 
 from pyro_fusion.adapters.hmm import fuse_hmms, hmm_components, refine_hmm
 from pyro_fusion.datasets import load_mocap6
-from pyro_fusion.demo import plot_segmentation, pooled_standardiser, segmentation_scores, window_features
+from pyro_fusion.apps.mocap import plot_segmentation, pooled_standardiser, segmentation_scores, window_features
 from pyro_fusion.models.hmm import HMMPrior, decode, fit_gaussian_hmm
 
 matplotlib.use("Agg")
@@ -154,4 +154,4 @@ print("wrote mocap_segmentation.png")
 
 # %% [markdown]
 # The same pipeline, with the baselines (k-means on the local emission means, one HMM fitted
-# on all sequences pooled), is `pyro-fusion demo` (`pyro_fusion.demo.run_demo`).
+# on all sequences pooled), is `pyro-fusion demo` (`pyro_fusion.apps.mocap.run_demo`).

@@ -38,8 +38,7 @@ import pyro
 import torch
 from pyro.infer.autoguide import AutoNormal, init_to_feasible, init_to_value
 
-from pyro_fusion.extract import extract
-from pyro_fusion.fused import fuse_posteriors
+from pyro_fusion import extract, fuse_posteriors
 from pyro_fusion.models.gmm import (
     fit_gmm,
     gmm_model,

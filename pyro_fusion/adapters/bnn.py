@@ -1,6 +1,7 @@
 """
 Fusion of Bayesian multilayer perceptrons (:class:`~pyro_fusion.models.bnn.BayesianMLP`)
-trained by separate clients, layer by layer (DESIGN §5).
+trained by separate clients, layer by layer (see the user guide, docs/guide/method,
+"Neural networks, layer by layer").
 
 Inputs and output classes are aligned across clients, hidden units are not. A hidden unit
 ``u`` of layer ``k`` is one component whose fields are its incoming weight row

@@ -8,14 +8,14 @@ A hidden state is a component with two fields read from the client's
 - ``loc``: the guide's Normal over the state's emission mean (``[D]``);
 - ``log_scale``: the guide's Normal over the state's log emission scale (``[D]``), i.e. the
   ``scale`` site in AutoNormal's unconstrained space, where KL fusion is exact
-  (DESIGN §1, bijections).
+  (see the user guide, docs/guide/method, "Exponential families and bijections").
 
 Transition rows live on a simplex indexed by the states themselves, so they are not
-matched; they are rebuilt after matching (DESIGN §4): each client's expected transition
-counts ``xi_j[k, k']`` (and expected initial-state counts) are scattered into the global
-state space through its assignment and summed over clients; entries that no client saw
-(no client has both states) get the prior's Dirichlet concentration instead; rows are then
-normalised. Fusing identical clients therefore returns the clients' own count-based
+matched; they are rebuilt after matching (docs/guide/method, "Sites indexed by component on
+a simplex"): each client's expected transition counts ``xi_j[k, k']`` (and expected
+initial-state counts) are scattered into the global state space through its assignment and
+summed over clients; entries that no client saw (no client has both states) get the prior's
+Dirichlet concentration instead; rows are then normalised. Fusing identical clients therefore returns the clients' own count-based
 transition matrix exactly when every entry is seen.
 
 Fusion is one-shot. :func:`refine_hmm` then runs rounds of federated EM from the fused HMM:

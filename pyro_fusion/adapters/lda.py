@@ -14,7 +14,7 @@ had it kept the word with zero counts (a conjugate update adds nothing to an uns
 "never seen" as "no evidence" rather than as "impossible". The fused model carries the union vocabulary.
 Stick-breaking coordinates depend on the order and number of words, so AutoNormal topics are fused only when
 all clients share one vocabulary (agree on :func:`union_vocabulary` first and :meth:`Corpus.reindex
-<pyro_fusion.models.lda.Corpus.reindex>` before training; a vocabulary is a list of words, not data).
+<pyro_fusion.datasets.corpus.Corpus.reindex>` before training; a vocabulary is a list of words, not data).
 """
 
 from __future__ import annotations
@@ -26,11 +26,15 @@ import torch
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from pyro_fusion.components import Components
-from pyro_fusion.fusion import FusionResult, fuse
-from pyro_fusion.models.lda import LDA
+from ..components import Components
+from ..deprecation import moved
+from ..fusion import FusionResult, fuse
+from ..models.lda import LDA
 
 FIELD = "topic_words"
+
+#: names that changed (kept for one release)
+__getattr__ = moved(__name__, {"naive_average": "pyro_fusion.adapters.lda:average_topics_by_index"})
 
 
 def union_vocabulary(vocabs: Sequence[Sequence[str]]) -> Tuple[str, ...]:
@@ -96,10 +100,20 @@ def topic_components(model: LDA, union_vocab: Optional[Sequence[str]] = None) ->
     return Components.from_distributions({FIELD: posterior})
 
 
-def naive_average(models: Sequence[LDA], union_vocab: Sequence[str]) -> Components:
+def average_topics_by_index(models: Sequence[LDA], union_vocab: Sequence[str]) -> Components:
     """
     The baseline that ignores topic identity: topic ``k`` of the result is the average of every client's topic
-    ``k`` (natural parameters, after vocabulary alignment). All clients need the same number of topics.
+    ``k`` (natural parameters, after vocabulary alignment: the KL barycenter of the clients' topic ``k``). All
+    clients need the same number of topics. (Formerly ``naive_average``, the name of the BNN baseline that
+    averages guide parameters, :func:`~pyro_fusion.adapters.bnn.naive_average`.)
+
+    Example::
+
+        >>> clients = [LDA(2, ("a", "b"), name="x"), LDA(2, ("b", "c"), name="y")]
+        >>> for lda in clients:
+        ...     lda.load_topic_posterior(dist.Dirichlet(torch.ones(2, 2)))
+        >>> average_topics_by_index(clients, ("a", "b", "c")).distributions()["topic_words"].concentration[0]
+        tensor([0.5250, 1.0000, 0.5250])
     """
     sizes = {m.num_topics for m in models}
     if len(sizes) != 1:
@@ -127,7 +141,7 @@ def fuse_lda(
     the fused concentrations (param ``"{name}.topic_concentration"``), or for AutoNormal clients its
     :meth:`~pyro_fusion.models.lda.LDA.autonormal_guide` has the fused locs and scales. The fused model's
     document encoder is untrained (encoders of different vocabularies are not comparable): score documents
-    with :func:`~pyro_fusion.models.lda.fold_in`, or train the encoder with SVI starting from the fused guide.
+    with :func:`~pyro_fusion.metrics.topics.fold_in`, or train the encoder with SVI starting from the fused guide.
 
     On real corpora the posteriors of topics are sharp (thousands of words each), so the KL between two clients'
     versions of "the same" topic is large (on AP, 5 random clients: 5e4 to 2e5 nats) next to the default price
@@ -136,7 +150,7 @@ def fuse_lda(
 
     Example::
 
-        >>> from pyro_fusion.models.lda import Corpus
+        >>> from pyro_fusion.datasets import Corpus
         >>> a = Corpus(torch.randint(0, 3, (10, 4)).float(), ("ant", "bee", "cat", "dog"))
         >>> b = Corpus(torch.randint(0, 3, (10, 3)).float(), ("cat", "dog", "eel"))
         >>> clients = [LDA(2, a.vocab, name="a"), LDA(2, b.vocab, name="b")]

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from pyro_fusion.models.lda import Corpus
+from .corpus import Corpus
 
 AP_ENV = "PYRO_FUSION_AP"
 _DEFAULT_AP = os.path.normpath(

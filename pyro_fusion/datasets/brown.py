@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from pyro_fusion.models.lda import Corpus
+from .corpus import Corpus
 
 BROWN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "brown.npz")
 
@@ -29,7 +29,7 @@ def load_brown() -> Corpus:
         >>> brown.counts.shape, len(brown.label_names)
         (torch.Size([500, 10585]), 15)
 
-    :returns: a :class:`~pyro_fusion.models.lda.Corpus` with counts ``[500, V]``, the vocabulary, and the
+    :returns: a :class:`~pyro_fusion.datasets.corpus.Corpus` with counts ``[500, V]``, the vocabulary, and the
         genre of each document as ``labels`` (names in ``label_names``, e.g. ``"news"``).
     """
     with np.load(BROWN_PATH, allow_pickle=False) as data:

@@ -7,8 +7,10 @@ import pyro
 from flwr.app import Message
 from pyro.infer.autoguide.initialization import init_to_feasible
 
-from ..extract import extract
-from ..fused import FusedPosterior, FusedPrior, init_to_fused
+from ..posterior import FusedPosterior
+from ..priors import FusedPrior
+from ..readout import extract
+from ..writeback import init_to_fused
 from . import wire
 
 

@@ -15,8 +15,7 @@ from torch.distributions import Normal
 
 from ..components import Components
 from ..expfam import DiagNormal
-from ..extract import GuidePosterior
-from ..fused import FusedPosterior, fuse_posteriors
+from ..posterior import FusedPosterior, GuidePosterior, fuse_posteriors
 from . import wire
 
 #: fuser signature: (client posteriors, their num-examples) -> global posterior

@@ -23,9 +23,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from .. import io
-from ..extract import GuidePosterior
-from ..fused import FusedPosterior
+from ..posterior import FusedPosterior, GuidePosterior, decode_posterior, encode_posterior
 
 #: RecordDict keys of the wire format
 ARRAYS_KEY = "arrays"
@@ -42,9 +40,9 @@ _DTYPES = ("float32", "float64", "int64")
 
 def encode(post) -> Tuple[ArrayRecord, str]:
     """
-    A :class:`~pyro_fusion.extract.GuidePosterior` or
-    :class:`~pyro_fusion.fused.FusedPosterior` as an ArrayRecord and its JSON header
-    (:func:`pyro_fusion.io.encode_posterior`, the file format).
+    A :class:`~pyro_fusion.posterior.GuidePosterior` or
+    :class:`~pyro_fusion.posterior.FusedPosterior` as an ArrayRecord and its JSON header
+    (:func:`pyro_fusion.posterior.encode_posterior`, the file format).
 
     Example::
 
@@ -52,7 +50,7 @@ def encode(post) -> Tuple[ArrayRecord, str]:
         >>> sorted(arrays)
         ['components/loc']
     """
-    tensors, header = io.encode_posterior(post)
+    tensors, header = encode_posterior(post)
     arrays = {key: Array(t.numpy()) for key, t in tensors.items()}
     return ArrayRecord(arrays), json.dumps(header)
 
@@ -121,7 +119,7 @@ def _decode(content: RecordDict, kind: str, where: str, server_round: Optional[i
         raise ValueError(f"{where}: no {ARRAYS_KEY!r} ArrayRecord")
     arrays = content.array_records[ARRAYS_KEY]
     tensors = {key: _tensor(arrays[key], key, where) for key in sorted(arrays)}
-    return io.decode_posterior(tensors, header, where, kind, max_width)
+    return decode_posterior(tensors, header, where, kind, max_width)
 
 
 def read_reply(

@@ -16,11 +16,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.nn import PyroModule, PyroSample
 from torch import Tensor, nn
+
+from .training import svi_steps
 
 __all__ = [
     "BayesianLinear",
@@ -196,6 +198,7 @@ def train_svi(
     batch_size: int = 100,
     lr: float = 0.01,
     seed: int = 0,
+    progress: bool = False,
 ) -> list:
     """
     Trains ``guide`` by SVI (:class:`~pyro.infer.TraceMeanField_ELBO`, Adam) on minibatches.
@@ -213,23 +216,27 @@ def train_svi(
     :param int batch_size: minibatch size.
     :param float lr: Adam learning rate.
     :param int seed: seed of the minibatch order and of the ELBO's samples.
-    :returns: the ELBO loss per example after each epoch.
+    :param bool progress: show a progress bar over the SVI steps.
+    :returns: the ELBO loss per example after each epoch (the mean over its steps).
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(
             f"train_svi: x and y must be non-empty and of equal length, got {len(x)} and {len(y)}"
         )
     generator = torch.Generator().manual_seed(seed)
-    losses = []
+    per_epoch = -(-len(x) // batch_size)
+    batches = (
+        (x[batch], y[batch])
+        for _ in range(num_epochs)
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size)
+    )
     with pyro.get_param_store().scope(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), TraceMeanField_ELBO())
-        for _ in range(num_epochs):
-            total = 0.0
-            for batch in torch.randperm(len(x), generator=generator).split(batch_size):
-                total += svi.step(x[batch], y[batch], num_data=len(x))
-            losses.append(total / len(x) / -(-len(x) // batch_size))
-    return losses
+        steps = svi_steps(
+            model, guide, pyro.optim.Adam({"lr": lr}), TraceMeanField_ELBO(), batches,
+            kwargs={"num_data": len(x)}, num_steps=num_epochs * per_epoch, progress=progress, desc="BNN fit",
+        )
+    return [sum(steps[e * per_epoch : (e + 1) * per_epoch]) / len(x) / per_epoch for e in range(num_epochs)]
 
 
 def normal_posterior(guide: AutoNormal) -> Dict[str, dist.Normal]:

@@ -13,27 +13,29 @@ This is the same posterior as the enumerated model of Pyro's GMM tutorial
 
 To fuse the fitted guides, ``locs``, ``scales`` (and ``corr``) are component sites
 (dimension 0) and ``weights`` is a simplex indexed by component (see
-:func:`~pyro_fusion.extract.extract` and :func:`gmm_sites`)::
+:func:`~pyro_fusion.readout.extract` and :func:`gmm_sites`)::
 
     extract(guide, components={"locs": 0, "scales": 0, "corr": 0}, simplex={"weights": [0]})
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 from pyro.optim import ClippedAdam
-from scipy.cluster.vq import kmeans2
 from torch import Tensor
 from torch.distributions import biject_to
 
 from ..components import Components
+from ..deprecation import moved
+from . import clustering
+from .training import svi_steps
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class GMMPrior:
 
 def gmm_sites(prior: GMMPrior | None = None) -> dict:
     """
-    Keyword arguments of :func:`~pyro_fusion.extract.extract` for a guide of :func:`gmm_model`.
+    Keyword arguments of :func:`~pyro_fusion.readout.extract` for a guide of :func:`gmm_model`.
 
     Example::
 
@@ -145,43 +147,12 @@ def prior_component(prior: GMMPrior, dim: int, num_samples: int = 10000, seed: i
     return Components.from_distributions(normals)
 
 
-def kmeans(data: Tensor, num_clusters: int, seed: int = 0, restarts: int = 1) -> tuple[Tensor, Tensor]:
-    """
-    k-means (k-means++ seeding, Lloyd iterations; :func:`scipy.cluster.vq.kmeans2`), the best of
-    ``restarts`` runs by within-cluster sum of squares.
-
-    Example::
-
-        >>> centres, labels = kmeans(torch.randn(100, 2), 3)
-        >>> centres.shape, labels.shape
-        (torch.Size([3, 2]), torch.Size([100]))
-
-    :param Tensor data: ``[N, D]`` points.
-    :param int num_clusters: number of centres ``k``.
-    :param int seed: random seed.
-    :param int restarts: number of independent runs.
-    :return: ``(centres [k, D], labels [N])``.
-    """
-    if not 1 <= num_clusters <= len(data):
-        raise ValueError(f"kmeans: need 1 <= num_clusters <= {len(data)} points, got {num_clusters}")
-    points = data.detach().double().numpy()
-    rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(restarts):
-        centres, labels = kmeans2(points, num_clusters, minit="++", seed=rng)
-        inertia = ((points - centres[labels]) ** 2).sum()
-        if best is None or inertia < best[0]:
-            best = (inertia, centres, labels)
-    _, centres, labels = best
-    return torch.as_tensor(centres, dtype=data.dtype), torch.as_tensor(labels, dtype=torch.long)
-
-
 def kmeans_init_values(
     data: Tensor, num_components: int, seed: int = 0, correlated: bool = True, restarts: int = 4
 ) -> dict:
     """
     Starting values for :func:`gmm_model`'s sites from k-means on ``data`` (the best of
-    ``restarts`` k-means++ runs): centres as
+    ``restarts`` k-means++ runs, :func:`~pyro_fusion.models.clustering.kmeans`): centres as
     ``locs``, cluster sizes as ``weights``, and the per-cluster covariances (with a small
     ridge; the overall covariance for clusters of fewer than ``D + 1`` points) as ``scales``
     and, if ``correlated``, ``corr``.
@@ -193,7 +164,7 @@ def kmeans_init_values(
     :param int restarts: number of k-means runs.
     :return: site name -> value, for :func:`~pyro.infer.autoguide.init_to_value`.
     """
-    centres, labels = kmeans(data, num_components, seed=seed, restarts=restarts)
+    centres, labels = clustering.kmeans(data, num_components, seed=seed, restarts=restarts)
     dim = data.shape[-1]
     one_hot = torch.nn.functional.one_hot(labels, num_components).to(data)
     counts = one_hot.sum(0)
@@ -222,6 +193,7 @@ def run_svi(
     lr: float = 0.05,
     final_lr: float = 0.005,
     prior: GMMPrior = GMMPrior(),
+    progress: bool = False,
 ) -> list[float]:
     """
     Train ``guide`` for :func:`gmm_model` by full-batch SVI (:class:`~pyro.infer.Trace_ELBO`,
@@ -235,13 +207,17 @@ def run_svi(
     :param float lr: initial learning rate.
     :param float final_lr: learning rate of the last step.
     :param GMMPrior prior: hyperparameters.
+    :param bool progress: show a progress bar over the steps.
     :return: the loss (negative ELBO) of every step.
     """
     if num_steps < 1:
         raise ValueError(f"run_svi: num_steps must be >= 1, got {num_steps}")
     decay = (final_lr / lr) ** (1.0 / max(num_steps - 1, 1))
-    svi = SVI(gmm_model, guide, ClippedAdam({"lr": lr, "lrd": decay}), Trace_ELBO())
-    return [svi.step(data, num_components, prior) for _ in range(num_steps)]
+    optim = ClippedAdam({"lr": lr, "lrd": decay})
+    batches = itertools.repeat((data, num_components, prior), num_steps)
+    return svi_steps(
+        gmm_model, guide, optim, Trace_ELBO(), batches, num_steps=num_steps, progress=progress, desc="GMM fit"
+    )
 
 
 def fit_gmm(
@@ -251,6 +227,7 @@ def fit_gmm(
     seed: int = 0,
     lr: float = 0.05,
     prior: GMMPrior = GMMPrior(),
+    progress: bool = False,
 ) -> AutoNormal:
     """
     Fit :func:`gmm_model` to one client's data with an :class:`AutoNormal` guide, started
@@ -271,6 +248,7 @@ def fit_gmm(
     :param int seed: seed of the initialisation and of the ELBO estimates.
     :param float lr: initial learning rate of :func:`run_svi`.
     :param GMMPrior prior: hyperparameters.
+    :param bool progress: show a progress bar over the SVI steps.
     :return: the trained guide.
     """
     if data.dim() != 2 or not torch.isfinite(data).all():
@@ -284,5 +262,9 @@ def fit_gmm(
         del store[name]
     init = kmeans_init_values(data, num_components, seed=seed, correlated=prior.correlated)
     guide = AutoNormal(gmm_model, init_loc_fn=init_to_value(values=init), init_scale=0.05)
-    run_svi(guide, data, num_components, num_steps, lr=lr, prior=prior)
+    run_svi(guide, data, num_components, num_steps, lr=lr, prior=prior, progress=progress)
     return guide
+
+
+#: names that moved (kept for one release)
+__getattr__ = moved(__name__, {"kmeans": "pyro_fusion.models.clustering:kmeans"})

@@ -14,6 +14,7 @@ distribution of the first observed state, so :func:`viterbi` and
 :func:`forward_backward` need no special case.
 """
 
+import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ from typing import Iterator, NamedTuple, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 from pyro.optim import ClippedAdam
+
+from ..deprecation import warn
+from .clustering import kmeans
+from .training import svi_steps
 
 
 @dataclass(frozen=True)
@@ -252,32 +257,19 @@ def decode(params: HMMParams, x: torch.Tensor) -> torch.Tensor:
     return viterbi(params.init.log(), params.trans.log(), params.emission_log_prob(x))
 
 
-def kmeans_init(
-    frames: torch.Tensor, num_states: int, generator: torch.Generator
-) -> torch.Tensor:
+def kmeans_init(frames: torch.Tensor, num_states: int, generator: torch.Generator) -> torch.Tensor:
     """
-    k-means++ seeding followed by a few Lloyd iterations: starting emission means.
+    Deprecated (removed in 0.3): starting emission means are k-means centres,
+    ``kmeans(frames, num_states, seed=seed)[0]`` (:func:`~pyro_fusion.models.clustering.kmeans`).
 
     :param Tensor frames: ``[N, D]`` observations.
     :param int num_states: number of centres ``K``.
-    :param torch.Generator generator: random source.
+    :param torch.Generator generator: draws the seed.
     :return: ``[K, D]`` centres.
-    :rtype: torch.Tensor
     """
-    centres = frames[torch.randint(len(frames), (1,), generator=generator)]
-    for _ in range(num_states - 1):
-        d2 = torch.cdist(frames, centres).min(-1).values.square()
-        pick = torch.multinomial(d2 / d2.sum(), 1, generator=generator)
-        centres = torch.cat([centres, frames[pick]])
-    for _ in range(10):
-        nearest = torch.cdist(frames, centres).argmin(-1)
-        one_hot = torch.nn.functional.one_hot(nearest, num_states).to(frames)
-        counts = one_hot.sum(0)
-        sums = one_hot.T @ frames
-        centres = torch.where(
-            counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres
-        )
-    return centres
+    warn("pyro_fusion.models.hmm.kmeans_init", "pyro_fusion.models.clustering.kmeans")
+    seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    return kmeans(frames, num_states, seed=seed)[0]
 
 
 @contextmanager
@@ -303,11 +295,13 @@ def fit_gaussian_hmm(
     num_steps: int = 500,
     lr: float = 0.05,
     seed: int = 0,
+    progress: bool = False,
 ) -> FittedHMM:
     """
     Fit :func:`gaussian_hmm_model` with SVI and an :class:`AutoNormal` guide.
 
-    Emission means start at k-means++ centres of the frames, emission scales at the
+    Emission means start at k-means centres of the frames
+    (:func:`~pyro_fusion.models.clustering.kmeans`), emission scales at the
     prior median, the transition matrix at its prior mean. Training runs in its own
     parameter-store scope, so fits never share parameters and the caller's store is left
     as it was; Pyro's global RNG is seeded with ``seed``.
@@ -323,6 +317,7 @@ def fit_gaussian_hmm(
     :param int num_steps: SVI steps (full batch).
     :param float lr: Adam learning rate.
     :param int seed: random seed for the initialisation and the ELBO estimates.
+    :param bool progress: show a progress bar over the SVI steps.
     :rtype: FittedHMM
     """
     if not sequences:
@@ -336,22 +331,24 @@ def fit_gaussian_hmm(
     if num_states < 1:
         raise ValueError(f"fit_gaussian_hmm: num_states must be >= 1, got {num_states}")
     sequences = [x.detach().to(torch.get_default_dtype()) for x in sequences]
-    generator = torch.Generator().manual_seed(seed)
     pyro.set_rng_seed(seed)
     frames = torch.cat(sequences)
     conc = prior.transition_concentration_matrix(num_states)
     init_values = {
         "init": torch.full((num_states,), 1.0 / num_states),
         "trans": conc / conc.sum(-1, keepdim=True),
-        "loc": kmeans_init(frames, num_states, generator),
+        "loc": kmeans(frames, num_states, seed=seed)[0],
         "scale": torch.full((num_states, frames.shape[-1]), prior.scale_loc),
     }
     guide = AutoNormal(
         gaussian_hmm_model, init_loc_fn=init_to_value(values=init_values), init_scale=0.01
     )
-    svi = SVI(gaussian_hmm_model, guide, ClippedAdam({"lr": lr}), Trace_ELBO())
+    batches = itertools.repeat((sequences, num_states, prior), num_steps)
     with single_threaded(), pyro.get_param_store().scope():
-        losses = [svi.step(sequences, num_states, prior) for _ in range(num_steps)]
+        losses = svi_steps(
+            gaussian_hmm_model, guide, ClippedAdam({"lr": lr}), Trace_ELBO(), batches,
+            num_steps=num_steps, progress=progress, desc="HMM fit",
+        )
         with torch.no_grad():
             median = guide.median(sequences, num_states, prior)
             unconstrained = {

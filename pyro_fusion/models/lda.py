@@ -24,8 +24,8 @@ Local (per-document) topic proportions: with Pyro's SVI (Adam) they are **amorti
 grow with the vocabulary); with the natural-gradient step (Hoffman et al., 2013; the default for the Dirichlet
 guide) they are **fitted** per minibatch by closed-form coordinate ascent (:func:`fit_doc_topics`).
 
-Evaluation (:func:`document_completion`, :func:`umass_coherence`) needs only a topic-word matrix, so local,
-naively averaged, fused and pooled models are all scored by the same procedure.
+The corpus type is :class:`~pyro_fusion.datasets.corpus.Corpus`; evaluation (document completion, coherence,
+top words) is in :mod:`pyro_fusion.metrics.topics`.
 
 Performance note: the matrix products are small; on a loaded 2-core machine ``torch.set_num_threads(1)`` is
 much faster than two threads.
@@ -33,84 +33,26 @@ much faster than two threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuideList, AutoNormal, init_to_feasible
 from pyro.nn import PyroModule, PyroParam
 from pyro.optim import ClippedAdam
 from torch import Tensor, nn
 
+from ..deprecation import moved
+from ..metrics import topics as topic_metrics
+from .clustering import kmeans
+from .training import svi_steps
+
+if TYPE_CHECKING:
+    from ..datasets.corpus import Corpus
+
 _TINY = 1e-30
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """
-    A bag-of-words corpus: dense word counts, the vocabulary, and an optional label per document.
-
-    Example::
-
-        >>> c = Corpus(torch.tensor([[2., 0., 1.], [0., 3., 0.]]), ("apple", "pear", "plum"))
-        >>> c.restrict_vocabulary().vocab
-        ('apple', 'pear', 'plum')
-        >>> c.subset(torch.tensor([1])).restrict_vocabulary().vocab
-        ('pear',)
-
-    :param Tensor counts: word counts ``[D, V]`` (float).
-    :param tuple vocab: the ``V`` words, in column order.
-    :param Tensor labels: optional ``LongTensor [D]`` (e.g. the genre of each document).
-    :param tuple label_names: names of the label values.
-    """
-
-    counts: Tensor
-    vocab: Tuple[str, ...]
-    labels: Optional[Tensor] = None
-    label_names: Tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.counts.dim() != 2 or self.counts.shape[1] != len(self.vocab):
-            raise ValueError(
-                f"counts of shape {tuple(self.counts.shape)} do not match a vocabulary of {len(self.vocab)} words"
-            )
-        if len(set(self.vocab)) != len(self.vocab):
-            raise ValueError("the vocabulary has repeated words")
-        if self.labels is not None and self.labels.shape != self.counts.shape[:1]:
-            raise ValueError(f"labels of shape {tuple(self.labels.shape)} for {len(self.counts)} documents")
-
-    def __len__(self) -> int:
-        return self.counts.shape[0]
-
-    @property
-    def num_words(self) -> int:
-        """Total number of word tokens."""
-        return int(self.counts.sum())
-
-    def subset(self, index: Tensor) -> "Corpus":
-        """The documents ``index`` (same vocabulary)."""
-        labels = None if self.labels is None else self.labels[index]
-        return Corpus(self.counts[index], self.vocab, labels, self.label_names)
-
-    def restrict_vocabulary(self) -> "Corpus":
-        """Drop the words that occur in no document (a client's own vocabulary)."""
-        keep = (self.counts.sum(0) > 0).nonzero().squeeze(-1)
-        return Corpus(
-            self.counts[:, keep], tuple(self.vocab[i] for i in keep.tolist()), self.labels, self.label_names
-        )
-
-    def reindex(self, vocab: Sequence[str]) -> "Corpus":
-        """The same documents over another vocabulary; words absent from ``vocab`` are dropped."""
-        vocab = tuple(vocab)
-        position = {w: i for i, w in enumerate(vocab)}
-        src = [i for i, w in enumerate(self.vocab) if w in position]
-        dst = [position[self.vocab[i]] for i in src]
-        counts = self.counts.new_zeros(len(self), len(vocab))
-        counts[:, dst] = self.counts[:, src]
-        return Corpus(counts, vocab, self.labels, self.label_names)
 
 
 class DocumentEncoder(nn.Module):
@@ -158,6 +100,7 @@ class LDA(nn.Module):
 
     Example::
 
+        >>> from pyro_fusion.datasets import Corpus
         >>> corpus = Corpus(torch.randint(0, 3, (20, 30)).float(), tuple(f"w{i}" for i in range(30)))
         >>> lda = LDA(num_topics=3, vocab=corpus.vocab)
         >>> losses = lda.fit(corpus, num_steps=5)
@@ -279,26 +222,18 @@ class LDA(nn.Module):
             return self._init_topics
         return init_to_feasible(site)
 
-    def initial_concentration(self, counts: Tensor, num_iters: int = 10) -> Tensor:
+    def initial_concentration(self, counts: Tensor) -> Tensor:
         """
-        Starting topics ``[K, V]``: the documents are clustered into K groups by spherical k-means on
-        square-root word frequencies, and topic k starts at the prior plus the word counts of group k
-        (randomly perturbed, so that an empty or repeated group still gives distinct topics).
+        Starting topics ``[K, V]``: the documents are clustered into K groups by spherical k-means
+        (:func:`~pyro_fusion.models.clustering.kmeans` with ``normalize=True``, seeded from torch's global
+        RNG) on square-root word frequencies, and topic k starts at the prior plus the word counts of group k
+        (randomly perturbed, so that an empty group, or a topic beyond the number of documents, still gives
+        distinct topics).
         """
-        x = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
-        x = x.sqrt()
-        x = x / x.norm(dim=-1, keepdim=True).clamp_min(_TINY)
-        centers = x[torch.randperm(len(x))[: self.num_topics]]
-        if len(centers) < self.num_topics:  # fewer documents than topics
-            centers = torch.cat([centers, x[torch.randint(len(x), (self.num_topics - len(centers),))]])
-        for _ in range(num_iters):
-            group = (x @ centers.T).argmax(-1)
-            onehot = nn.functional.one_hot(group, self.num_topics).to(x.dtype)
-            summed = onehot.T @ x
-            filled = summed.norm(dim=-1, keepdim=True) > 0
-            centers = torch.where(
-                filled, summed / summed.norm(dim=-1, keepdim=True).clamp_min(_TINY), centers
-            )
+        x = (counts / counts.sum(-1, keepdim=True).clamp_min(1.0)).sqrt()
+        seed = int(torch.randint(2**31 - 1, ()))
+        _, group = kmeans(x, min(self.num_topics, len(x)), seed=seed, normalize=True)
+        onehot = nn.functional.one_hot(group, self.num_topics).to(x.dtype)
         noise = torch.distributions.Gamma(10.0, 10.0).sample((self.num_topics, self.vocab_size))
         base = counts.sum(0) / self.num_topics
         return self.topic_prior + noise * (onehot.T @ counts + 0.1 * base)
@@ -312,6 +247,7 @@ class LDA(nn.Module):
         lr: Optional[float] = None,
         natural_gradient: Optional[bool] = None,
         seed: Optional[int] = None,
+        progress: bool = False,
     ) -> list:
         """
         Train on random minibatches, then keep the topic posterior (:meth:`topic_posterior`).
@@ -335,6 +271,7 @@ class LDA(nn.Module):
         :param float lr: see above.
         :param bool natural_gradient: see above.
         :param int seed: optional RNG seed.
+        :param bool progress: show a progress bar over the Adam steps.
         :returns: per step, the minibatch's loss per word (negative ELBO estimate for Adam; negative
             log-likelihood with fitted proportions for the natural-gradient step).
         """
@@ -364,11 +301,12 @@ class LDA(nn.Module):
                 losses = self._fit_natural(counts, num_steps, batch_size, 0.6 if lr is None else lr)
             else:
                 optim = ClippedAdam({"lr": 0.02 if lr is None else lr, "clip_norm": 10.0})
-                svi = SVI(self.model, self.guide, optim, TraceMeanField_ELBO())
-                losses = []
-                for _ in range(num_steps):
-                    batch = counts[torch.randperm(num_docs)[:batch_size]]
-                    losses.append(svi.step(batch, num_docs) / corpus.num_words)
+                batches = ((counts[torch.randperm(num_docs)[:batch_size]], num_docs) for _ in range(num_steps))
+                steps = svi_steps(
+                    self.model, self.guide, optim, TraceMeanField_ELBO(), batches,
+                    num_steps=num_steps, progress=progress, desc=f"LDA {self.name} fit",
+                )
+                losses = [loss / corpus.num_words for loss in steps]
         self._posterior = self._read_topic_posterior()
         return losses
 
@@ -456,22 +394,8 @@ class LDA(nn.Module):
         return self._posterior
 
     def topic_word_matrix(self) -> Tensor:
-        """Posterior mean of the topics, ``[K, V]``."""
-        return topic_word_matrix(self.topic_posterior())
-
-
-def topic_word_matrix(posterior: torch.distributions.Distribution, num_samples: int = 256) -> Tensor:
-    """
-    Posterior mean topic-word probabilities ``[K, V]`` of a Dirichlet posterior, or of a Normal posterior of
-    the unconstrained coordinates (Monte Carlo mean through the stick-breaking transform).
-    """
-    if isinstance(posterior, torch.distributions.Dirichlet):
-        return posterior.mean
-    if isinstance(posterior, torch.distributions.Normal):
-        transform = torch.distributions.biject_to(dist.constraints.simplex)
-        with torch.no_grad():
-            return transform(posterior.sample((num_samples,))).mean(0)
-    raise ValueError(f"expected a Dirichlet or Normal topic posterior, got {type(posterior).__name__}")
+        """Posterior mean of the topics, ``[K, V]`` (:func:`~pyro_fusion.metrics.topics.topic_word_matrix`)."""
+        return topic_metrics.topic_word_matrix(self.topic_posterior())
 
 
 def expected_log(concentration: Tensor) -> Tensor:
@@ -504,108 +428,19 @@ def fit_doc_topics(
     return gamma, counts / (exp_log_doc @ exp_log_topics).clamp_min(_TINY)
 
 
-def split_halves(counts: Tensor, seed: int = 0) -> Tuple[Tensor, Tensor]:
-    """
-    Split every document's tokens at random into two halves of equal size (``floor`` and ``ceil``).
+__all__ = ["DocumentEncoder", "LDA", "expected_log", "fit_doc_topics"]
 
-    :param Tensor counts: ``[D, V]`` integer-valued counts.
-    :returns: ``(observed, held_out)``, both ``[D, V]``, summing to ``counts``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    flat = counts.long().flatten()
-    word = torch.repeat_interleave(torch.arange(flat.numel()), flat)  # one entry per token (doc-major)
-    doc = word // counts.shape[1]
-    # random order within each document: sort by (doc, random key)
-    key = torch.rand(word.numel(), generator=generator, dtype=torch.float64)
-    order = torch.argsort(doc.double() + key)
-    doc_sorted = doc[order]
-    start = torch.searchsorted(doc_sorted, torch.arange(counts.shape[0]))
-    rank = torch.arange(word.numel()) - start[doc_sorted]
-    length = counts.sum(1).long()
-    first = rank < length[doc_sorted] // 2
-    observed = torch.zeros(flat.numel(), dtype=counts.dtype)
-    observed.index_add_(0, word[order][first], torch.ones(int(first.sum()), dtype=counts.dtype))
-    observed = observed.view_as(counts)
-    return observed, counts - observed
-
-
-def fold_in(
-    topics: Tensor, counts: Tensor, doc_prior: float = 0.1, num_iters: int = 200, tol: float = 1e-5
-) -> Tensor:
-    """
-    Topic proportions ``[D, K]`` of documents under fixed topics ``[K, V]``: the EM fixed point
-    ``theta ∝ theta * ((counts / (theta @ topics)) @ topics.T) + doc_prior`` (batched over documents, on the
-    nonzero counts only), iterated until no proportion moves by more than ``tol`` or ``num_iters`` times.
-    """
-    doc, word = counts.nonzero(as_tuple=True)
-    weight = counts[doc, word].unsqueeze(-1)
-    columns = topics[:, word].T  # [nnz, K]
-    theta = counts.new_full((counts.shape[0], topics.shape[0]), 1.0 / topics.shape[0])
-    for _ in range(num_iters):
-        probs = (theta[doc] * columns).sum(-1, keepdim=True).clamp_min(_TINY)
-        new = theta * torch.zeros_like(theta).index_add_(0, doc, weight * columns / probs) + doc_prior
-        new = new / new.sum(-1, keepdim=True)
-        converged = bool((new - theta).abs().max() < tol)
-        theta = new
-        if converged:
-            break
-    return theta
-
-
-def document_completion(topics: Tensor, counts: Tensor, seed: int = 0, doc_prior: float = 0.1) -> float:
-    """
-    Held-out per-word log-likelihood by document completion: the topic proportions of each document are
-    fitted (:func:`fold_in`) on a random half of its words and the other half is scored.
-
-    :param Tensor topics: topic-word probabilities ``[K, V]``.
-    :param Tensor counts: held-out documents ``[D, V]`` over the same vocabulary.
-    :returns: total log-likelihood of the scored halves divided by their number of words.
-    """
-    topics = topics.double()
-    observed, scored = split_halves(counts.double(), seed)
-    theta = fold_in(topics, observed, doc_prior)
-    doc, word = scored.nonzero(as_tuple=True)
-    probs = (theta[doc] * topics[:, word].T).sum(-1).clamp_min(_TINY)
-    return float((scored[doc, word] * probs.log()).sum() / scored.sum())
-
-
-def umass_coherence(topics: Tensor, counts: Tensor, top_n: int = 10) -> float:
-    """
-    Mean UMass coherence (Mimno et al., 2011) of the topics' ``top_n`` words on a reference corpus:
-    ``sum_{i<j} log((D(w_i, w_j) + 1) / D(w_j))`` over each topic's words ranked by probability, where
-    ``D`` counts the documents containing the words (a word absent from the corpus counts as 1 document).
-    """
-    _check_top_n(top_n, topics.shape[-1], "umass_coherence", "top_n")
-    top = topics.topk(top_n, dim=-1).indices  # [K, n]
-    present = (counts > 0).double()  # [D, V]
-    sub = present[:, top]  # [D, K, n]
-    co = torch.einsum("dki,dkj->kij", sub, sub)  # [K, n, n] co-document frequencies
-    df = co.diagonal(dim1=-2, dim2=-1).clamp_min(1.0)  # [K, n]
-    score = ((co + 1.0).log() - df.log().unsqueeze(-2)).tril(-1)  # i > j: word i with the higher-ranked j
-    return float(score.sum((-2, -1)).mean())
-
-
-def _check_top_n(n: int, vocab_size: int, caller: str, name: str) -> None:
-    if not 1 <= n <= vocab_size:
-        raise ValueError(f"{caller}: {name}={n} must be in [1, {vocab_size}] (the vocabulary size)")
-
-
-def top_words(topics: Tensor, vocab: Sequence[str], n: int = 10) -> list:
-    """The ``n`` most probable words of every topic, as lists of strings."""
-    _check_top_n(n, topics.shape[-1], "top_words", "n")
-    return [[vocab[i] for i in row] for row in topics.topk(n, dim=-1).indices.tolist()]
-
-
-__all__ = [
-    "Corpus",
-    "DocumentEncoder",
-    "LDA",
-    "document_completion",
-    "expected_log",
-    "fit_doc_topics",
-    "fold_in",
-    "split_halves",
-    "top_words",
-    "topic_word_matrix",
-    "umass_coherence",
-]
+#: names that moved to the datasets and the metrics (kept for one release)
+__getattr__ = moved(
+    __name__,
+    {
+        "Corpus": "pyro_fusion.datasets.corpus:Corpus",
+        **{
+            name: f"pyro_fusion.metrics.topics:{name}"
+            for name in (
+                "document_completion", "fold_in", "split_halves", "top_words", "topic_word_matrix",
+                "umass_coherence",
+            )
+        },
+    },
+)

@@ -1,0 +1,321 @@
+"""The posterior objects that guides are read into, fused as, and exchanged as.
+
+- :class:`SiteLayout`: where the sites of a posterior live (component, simplex and shared sites).
+- :class:`GuidePosterior`: one client's posterior, as read by :func:`~pyro_fusion.readout.extract`.
+- :class:`FusedPosterior`: the global posterior; :meth:`~FusedPosterior.to_guide` and
+  :meth:`~FusedPosterior.write_params` write it back (:mod:`pyro_fusion.writeback`).
+- :func:`fuse_posteriors`: match and average the per-component fields with
+  :func:`~pyro_fusion.fusion.fuse`, average the shared fields with
+  :func:`~pyro_fusion.barycenter.barycenter`, rebuild simplex-indexed sites.
+
+Both posteriors convert to and from plain records (:meth:`GuidePosterior.to_record`,
+:func:`posterior_from_record`), which the codec :mod:`pyro_fusion.io` turns into tensors and
+a JSON header for files and Flower messages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from . import io, writeback
+from .barycenter import barycenter
+from .components import Components
+from .expfam import DiagNormal, ExponentialFamily, PointMass
+from .fusion import FusionResult, client_weights, fuse
+from .simplex import rebuild_simplex
+
+
+@dataclass
+class SiteLayout:
+    """
+    Where the sites of a (client or fused) posterior live.
+
+    :ivar dict component_dims: component site -> its component dimension (nonnegative).
+    :ivar dict simplex: simplex-indexed site -> ``(axes indexed by component, value)``.
+    :ivar dict site_shapes: site -> shape of its (unconstrained) parameters; for simplex
+        sites, of its (constrained) value.
+    :ivar dict sources: site -> ``"autonormal"``, ``"delta"``, ``"distribution"`` or
+        ``"transformed"`` (see :class:`~pyro_fusion.readout.SiteEstimate`).
+    :ivar dict site_families: site -> family of its guide distribution (batch over the shape).
+    """
+
+    component_dims: Dict[str, int]
+    simplex: Dict[str, Tuple[Tuple[int, ...], Tensor]]
+    site_shapes: Dict[str, torch.Size]
+    sources: Dict[str, str]
+    site_families: Dict[str, ExponentialFamily]
+
+    def _site_record(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in io.SITE_FIELDS}
+
+
+@dataclass
+class GuidePosterior(SiteLayout):
+    """
+    One client's posterior as read by :func:`~pyro_fusion.readout.extract`.
+
+    :ivar Components components: the per-component fields (one per component site).
+    :ivar Components shared: the shared fields (one component).
+    :ivar float weight: the client's weight (e.g. its number of data points) or None.
+    """
+
+    components: Optional[Components] = None
+    shared: Optional[Components] = None
+    weight: Optional[float] = None
+
+    @property
+    def num_components(self) -> int:
+        return 0 if self.components is None else len(self.components)
+
+    def to_record(self) -> Dict[str, Any]:
+        """The plain record :mod:`pyro_fusion.io` encodes (kind ``"guide_posterior"``)."""
+        return dict(
+            kind="guide_posterior", components=self.components, shared=self.shared, weight=self.weight,
+            **self._site_record(),
+        )
+
+    def save(self, path: str) -> None:
+        """Save as plain tensors + JSON (safetensors); see :func:`save_posterior`."""
+        save_posterior(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> "GuidePosterior":
+        """Load and validate a file written by :meth:`save` (see :func:`decode_posterior`)."""
+        return load_posterior(path, kind="guide_posterior")
+
+
+@dataclass
+class FusedPosterior(SiteLayout):
+    """
+    The global posterior: fused component sites, shared sites and simplex sites
+    (simplex values are the rebuilt global ones, site shapes those of the global model).
+
+    :ivar FusionResult result: matching and fused components (None without component sites).
+    :ivar Components shared: fused shared sites (one component), or None.
+    """
+
+    result: Optional[FusionResult] = None
+    shared: Optional[Components] = None
+
+    @property
+    def num_global(self) -> int:
+        """Number of global components."""
+        return 0 if self.result is None else self.result.num_global
+
+    def site_field(self, name: str) -> Tuple[ExponentialFamily, Tensor]:
+        """
+        ``(family, natural)`` of a site in the global model: the family of the clients' guide
+        distribution and natural parameters of shape ``site_shapes[name] + (family.dim,)``.
+        """
+        family = self.site_families[name]
+        shape = tuple(self.site_shapes[name])
+        if name in self.component_dims:
+            dim = self.component_dims[name]
+            moved = (shape[dim],) + shape[:dim] + shape[dim + 1 :]
+            natural = self.result.components[name].natural.reshape(moved + (family.dim,))
+            return family, natural.movedim(0, dim)
+        if self.shared is not None and name in self.shared.fields:
+            return family, self.shared[name].natural.reshape(shape + (family.dim,))
+        raise KeyError(f"site {name!r} has no fused natural parameters (simplex sites: {list(self.simplex)})")
+
+    def loc_scale(self, name: str) -> Tuple[Tensor, Tensor]:
+        """Unconstrained ``(loc, scale)`` of a site read from AutoNormal, AutoDiagonalNormal or AutoDelta."""
+        family, natural = self.site_field(name)
+        if isinstance(family, DiagNormal):
+            return family.loc_scale(natural)
+        if isinstance(family, PointMass):
+            value = family.value(natural)
+            return value, torch.full_like(value, family.scale)
+        raise ValueError(f"site {name!r} came from a hand-written guide's {family.name} distribution")
+
+    def site_distribution(self, name: str) -> Distribution:
+        """The fused distribution of a site, in the space the clients' guides used
+        (unconstrained for autoguides), with batch shape ``site_shapes[name]``."""
+        family, natural = self.site_field(name)
+        return family.distribution(natural)
+
+    def to_guide(self, model: Callable, *args, init_scale: float = 0.1, **kwargs) -> "writeback.FusedAutoNormal":
+        """
+        A ready :class:`~pyro_fusion.writeback.FusedAutoNormal` for ``model(*args, **kwargs)``
+        (sized to :attr:`num_global` components) whose locs and scales are the fused values;
+        see :func:`~pyro_fusion.writeback.fused_guide`.
+        """
+        return writeback.fused_guide(self, model, *args, init_scale=init_scale, **kwargs)
+
+    def write_params(self, guide: Callable, *args, **kwargs) -> Dict[str, str]:
+        """
+        Fill a hand-written guide's parameters with the fused values; see
+        :func:`~pyro_fusion.writeback.write_params`.
+
+        Example::
+
+            >>> fused.write_params(lda_guide, docs, num_topics=fused.num_global)
+            {'topics': 'topic_concentration'}
+        """
+        return writeback.write_params(self, guide, *args, **kwargs)
+
+    def to_record(self) -> Dict[str, Any]:
+        """The plain record :mod:`pyro_fusion.io` encodes (kind ``"fused_posterior"``)."""
+        result = None if self.result is None else io.result_record(self.result)
+        return dict(kind="fused_posterior", result=result, shared=self.shared, **self._site_record())
+
+    def save(self, path: str) -> None:
+        """Save as plain tensors + JSON (safetensors); no pickle."""
+        save_posterior(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> "FusedPosterior":
+        """Load and validate a file written by :meth:`save`."""
+        return load_posterior(path, kind="fused_posterior")
+
+
+Posterior = Union[GuidePosterior, FusedPosterior]
+
+
+def posterior_from_record(record: Mapping[str, Any]) -> Posterior:
+    """The :class:`GuidePosterior` or :class:`FusedPosterior` of a record (see :mod:`pyro_fusion.io`)."""
+    fields = {k: v for k, v in record.items() if k != "kind"}
+    if record["kind"] == "guide_posterior":
+        return GuidePosterior(**fields)
+    if fields["result"] is not None:
+        fields["result"] = FusionResult(**fields["result"])
+    return FusedPosterior(**fields)
+
+
+def encode_posterior(post: Posterior) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    """
+    A :class:`GuidePosterior` or :class:`FusedPosterior` as plain tensors and a
+    JSON-serialisable header (:func:`pyro_fusion.io.encode_record`): the one exchange format
+    of files and of :mod:`pyro_fusion.flower` messages. Inverse of :func:`decode_posterior`.
+    """
+    if not isinstance(post, (GuidePosterior, FusedPosterior)):
+        raise ValueError(f"expected a GuidePosterior or FusedPosterior, got {type(post).__name__}")
+    return io.encode_record(post.to_record())
+
+
+def decode_posterior(
+    tensors: Mapping[str, Tensor],
+    header: Mapping[str, Any],
+    where: str,
+    kind: Optional[str] = None,
+    max_width: Optional[int] = None,
+) -> Posterior:
+    """
+    Validate and decode what :func:`encode_posterior` produced, e.g. a file or message from
+    another party (every check of :func:`pyro_fusion.io.decode_record`; nothing is coerced).
+
+    :param dict tensors: the tensors, keyed as by :func:`pyro_fusion.io.encode_groups`.
+    :param dict header: the header.
+    :param str where: how errors name the source (a path, ``"node 17"``, ...).
+    :param str kind: ``"guide_posterior"`` or ``"fused_posterior"``; None accepts either.
+    :param int max_width: the largest number of components accepted.
+    :raises ValueError: naming ``where`` and the first problem found.
+    """
+    return posterior_from_record(io.decode_record(tensors, header, where, kind, max_width))
+
+
+def save_posterior(post: Posterior, path: str) -> None:
+    """
+    Save a client's :class:`GuidePosterior` or a :class:`FusedPosterior`: plain tensors +
+    JSON, readable without the model (see :func:`encode_posterior`).
+    """
+    if not isinstance(post, (GuidePosterior, FusedPosterior)):
+        raise ValueError(f"expected a GuidePosterior or FusedPosterior, got {type(post).__name__}")
+    io.save_record(post.to_record(), path)
+
+
+def load_posterior(path: str, kind: str = "guide_posterior", max_width: Optional[int] = None) -> Posterior:
+    """Load and validate a file written by :func:`save_posterior` (see :func:`decode_posterior`)."""
+    return posterior_from_record(io.load_record(path, kind, max_width))
+
+
+def fuse_posteriors(
+    posteriors: Sequence[GuidePosterior],
+    weights: Optional[Sequence[float]] = None,
+    *,
+    simplex_concentration: float = 1e-3,
+    **fuse_kwargs,
+) -> FusedPosterior:
+    """
+    Fuse clients' extracted guides into one global posterior.
+
+    Example::
+
+        >>> posts = [extract(g, components={"loc": 0}) for g in client_guides]
+        >>> fused = fuse_posteriors(posts, direction="reverse")
+        >>> guide = fused.to_guide(model, K=fused.num_global)
+
+    :param list posteriors: one :class:`GuidePosterior` per client.
+    :param weights: client weights; default each posterior's ``weight`` if all have one,
+        else uniform.
+    :param float simplex_concentration: pseudo-count of simplex entries no client saw, in
+        units of one (average-weight) client's probability mass (see
+        :func:`~pyro_fusion.simplex.rebuild_simplex`).
+    :param fuse_kwargs: passed to :func:`~pyro_fusion.fusion.fuse` (``direction``,
+        ``num_global``, ``price``, ``prior``, ``combine``, ``seed``, ...).
+    """
+    posteriors = list(posteriors)
+    if not posteriors:
+        raise ValueError("fuse_posteriors needs at least one client")
+    ref = posteriors[0]
+    for j, p in enumerate(posteriors):
+        for attr in ("component_dims", "sources", "site_families"):
+            if getattr(p, attr) != getattr(ref, attr):
+                raise ValueError(
+                    f"client {j}: {attr} {getattr(p, attr)} differ from client 0's {getattr(ref, attr)}"
+                )
+        if set(p.simplex) != set(ref.simplex):
+            raise ValueError(f"client {j}: simplex sites {sorted(p.simplex)} differ from client 0's")
+        for name, shape in p.site_shapes.items():
+            if name in ref.component_dims or name in ref.simplex:
+                continue
+            if shape != ref.site_shapes[name]:
+                raise ValueError(
+                    f"client {j}, site {name!r}: shape {tuple(shape)} differs from client 0's "
+                    f"{tuple(ref.site_shapes[name])}"
+                )
+    if weights is None and all(p.weight is not None for p in posteriors):
+        weights = [p.weight for p in posteriors]
+    w = client_weights(weights, len(posteriors))
+
+    result = None
+    if ref.components is not None:
+        result = fuse([p.components for p in posteriors], w, **fuse_kwargs)
+    elif ref.simplex:
+        raise ValueError("simplex-indexed sites need component sites to be matched")
+    shared = None
+    if ref.shared is not None:
+        stacked = Components(
+            {
+                n: (f.family, torch.cat([p.shared[n].natural for p in posteriors]))
+                for n, f in ref.shared.fields.items()
+            }
+        )
+        for j, p in enumerate(posteriors):
+            p.shared.check(f"client {j}")
+        shared = barycenter(stacked, w, direction=fuse_kwargs.get("direction", "reverse"))
+    simplex = {}
+    for name, (axes, _) in ref.simplex.items():
+        values = [p.simplex[name][1] for p in posteriors]
+        simplex[name] = (axes, rebuild_simplex(values, axes, result.assignments, w, result.num_global, simplex_concentration))
+    shapes = {}
+    for name, shape in ref.site_shapes.items():
+        shape = list(shape)
+        if name in ref.component_dims:
+            shape[ref.component_dims[name]] = result.num_global
+        elif name in simplex:
+            shape = simplex[name][1].shape
+        shapes[name] = torch.Size(shape)
+    return FusedPosterior(
+        component_dims=dict(ref.component_dims),
+        simplex=simplex,
+        site_shapes=shapes,
+        sources=dict(ref.sources),
+        site_families=dict(ref.site_families),
+        result=result,
+        shared=shared,
+    )
