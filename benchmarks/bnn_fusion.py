@@ -53,8 +53,8 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
-from pyro_fusion import PosteriorPrior
-from pyro_fusion.adapters.bnn import PRICE_RULES, fuse_mlps, naive_average
+from pyro_fusion import PosteriorPrior, Price, fuse_mlps
+from pyro_fusion.adapters.bnn import PRICE_RULES, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
     BayesianMLP,
@@ -155,9 +155,7 @@ def run_setting(
     best = max(range(num_clients), key=lambda j: local[j].accuracy)
 
     rows: Dict[str, Dict[str, object]] = {}
-    common = dict(
-        price_rule=price_rule, price_scale=price_scale, prior_scale=prior_scale, seed=seed
-    )
+    common = dict(price=Price(price_rule, price_scale), prior_scale=prior_scale, seed=seed)
     fused = fuse_mlps(posteriors, sizes, direction=direction, combine=combine, **common)
     rows["fused"] = _row(predict(fused.model, fused.posterior), y_test, list(fused.model.widths))
     counts = torch.stack([torch.bincount(y[p], minlength=10) for p in parts])
@@ -233,8 +231,8 @@ def run_setting(
         "price_scale": price_scale,
         "direction": direction,
         "combine": combine,
-        "fused_price": [r.price for r in fused.results],
-        "fused_point_price": [r.price for r in points["fused_point"].results],
+        "fused_price": [r.price for r in fused.result],
+        "fused_point_price": [r.price for r in points["fused_point"].result],
         "rows": rows,
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,

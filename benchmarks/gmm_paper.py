@@ -102,8 +102,8 @@ def run(num_global: int, seed: int, args) -> dict[str, object]:
         fuse_kwargs["price"] = "spread"
     elif args.price == "prior":
         fuse_kwargs["prior"] = prior_component(prior, true_means.shape[-1])
-    fused = fuse_posteriors(posteriors, **fuse_kwargs)
-    fused_means, _ = fused.loc_scale("locs")
+    fused = fuse_posteriors(posteriors, **fuse_kwargs)  # any guide; prior= is a prior component
+    fused_means, _ = fused.posterior.loc_scale("locs")
     km_means, _ = kmeans(torch.cat(datasets), len(true_means), seed=seed, restarts=8)
     return {
         "L": num_global,

@@ -29,7 +29,8 @@ import time
 import pyro
 import torch
 
-from pyro_fusion.adapters.lda import average_topics_by_index, fuse_lda, union_vocabulary
+from pyro_fusion import fuse_lda
+from pyro_fusion.adapters.lda import average_topics_by_index, union_vocabulary
 from pyro_fusion.datasets.ap import load_ap
 from pyro_fusion.datasets.brown import load_brown
 from pyro_fusion.datasets import Corpus
@@ -94,11 +95,13 @@ def run(name, corpus, train_index, test_index, num_topics, passes, seed, log, pr
     log(f"{name}: pooled trained, {time.time() - start:.0f}s")
 
     weights = [c.num_words for c in clients]
-    fused, result = fuse_lda(models, weights=weights, name=f"{name}.fused", price=price)
+    fusion = fuse_lda(models, weights=weights, name=f"{name}.fused", price=price)
+    fused, result = fusion.model, fusion.result
     log(
         f"{name}: fused into {result.num_global} topics ({result.iterations} sweeps), {time.time() - start:.0f}s"
     )
-    fused_k, result_k = fuse_lda(models, weights=weights, name=f"{name}.fused_k", num_global=num_topics)
+    fusion_k = fuse_lda(models, weights=weights, name=f"{name}.fused_k", num_global=num_topics)
+    fused_k, result_k = fusion_k.model, fusion_k.result
     log(f"{name}: fused into {num_topics} topics (parametric), {time.time() - start:.0f}s")
     naive = topic_word_matrix(average_topics_by_index(models, union).distributions()["topic_words"])
     local = [scores(topic_word_matrix(fused_like(m, union)), test, pooled_train.counts, seed) for m in models]

@@ -6,7 +6,7 @@ JSON object: the per-seed rows (fused, fused_em, pooled, kmeans, local_mean, loc
 local_on_all_mean, seconds) and the mean and
 standard deviation of every number over seeds.
 
-    python benchmarks/mocap_hmm.py --seeds 0 1 2 3 4 --steps 400
+    python benchmarks/mocap_hmm.py --seeds 0 1 2 3 4 --num-steps 400
 """
 
 import argparse
@@ -39,15 +39,15 @@ def summarise(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=400)
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        metrics = run_demo(seed=seed, out=None, steps=args.steps, progress=False)
+        metrics = run_demo(seed=seed, out=None, num_steps=args.num_steps, progress=False)
         runs.append({key: metrics[key] for key in ROWS + ("seconds", "em_seconds", "total_seconds", "price")} | {"seed": seed})
     result = {
         "benchmark": "mocap_hmm",
-        "steps": args.steps,
+        "num_steps": args.num_steps,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "true_states": metrics["true_states"],

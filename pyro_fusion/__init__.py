@@ -1,11 +1,23 @@
-"""pyro_fusion: fuse mean-field Pyro guides trained by separate parties (KL-fusion)."""
+"""pyro_fusion: fuse mean-field Pyro guides trained by separate parties (KL-fusion).
+
+The front doors, one per model family, share one signature and return a
+:class:`~pyro_fusion.adapters.base.FusedModel`: :func:`fuse_posteriors` (any mean-field guide),
+:func:`fuse_gmms`, :func:`fuse_hmms`, :func:`fuse_lda` and :func:`fuse_mlps`. The engine below them
+is :func:`fuse` (components in, :class:`FusionResult` out).
+"""
+from .adapters.base import FusedModel, FusionAdapter, Layout, Price
+from .adapters.bnn import fuse_mlps
+from .adapters.gmm import fuse_gmms
+from .adapters.guide import fuse_posteriors
+from .adapters.hmm import fuse_hmms
+from .adapters.lda import fuse_lda
 from .barycenter import barycenter
 from .components import Components, Field
 from .cost import KLGeometry, kl_cost_matrix
 from .deprecation import moved
 from .fusion import FusionResult, default_price, fuse, spread_price
 from .io import load_components, save_components
-from .posterior import FusedPosterior, GuidePosterior, fuse_posteriors
+from .posterior import FusedPosterior, GuidePosterior
 from .priors import FusedPrior, PosteriorPrior
 from .readout import extract
 from .writeback import FusedAutoNormal, init_to_fused
@@ -16,22 +28,30 @@ __all__ = [
     "Components",
     "Field",
     "FusedAutoNormal",
+    "FusedModel",
     "FusedPosterior",
     "FusedPrior",
-    "PosteriorPrior",
+    "FusionAdapter",
     "FusionResult",
     "GuidePosterior",
     "KLGeometry",
+    "Layout",
+    "PosteriorPrior",
+    "Price",
     "barycenter",
     "default_price",
     "extract",
     "fuse",
+    "fuse_gmms",
+    "fuse_hmms",
+    "fuse_lda",
+    "fuse_mlps",
     "fuse_posteriors",
     "init_to_fused",
     "kl_cost_matrix",
     "load_components",
-    "spread_price",
     "save_components",
+    "spread_price",
 ]
 
 __getattr__ = moved(__name__, {"load_result": "pyro_fusion.fusion:FusionResult.load"})

@@ -6,9 +6,12 @@ import json
 import sys
 from typing import List, Optional
 
+from .deprecation import warn
+
 
 def _fuse(args: argparse.Namespace) -> int:
-    from .posterior import GuidePosterior, fuse_posteriors
+    from .adapters.guide import fuse_posteriors
+    from .posterior import GuidePosterior
 
     posteriors = []
     for path in args.clients:
@@ -30,7 +33,7 @@ def _fuse(args: argparse.Namespace) -> int:
         names = ", ".join(f"client {j} = {p}" for j, p in enumerate(args.clients))
         print(f"pyro-fusion fuse: {e} ({names})", file=sys.stderr)
         return 2
-    fused.save(args.output)
+    fused.posterior.save(args.output)
     summary = {"output": args.output, "clients": len(posteriors), "num_global": fused.num_global}
     if fused.result is not None:
         summary.update(
@@ -45,7 +48,11 @@ def _fuse(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .apps.mocap import format_table, run_demo
 
-    metrics = run_demo(seed=args.seed, out=args.out, steps=args.steps, em_rounds=args.em_rounds)
+    for old, new in (("steps", "num_steps"), ("em_rounds", "num_rounds")):
+        if getattr(args, old) is not None:
+            warn(f"pyro-fusion demo --{old.replace('_', '-')}", f"--{new.replace('_', '-')}")
+            setattr(args, new, getattr(args, old))
+    metrics = run_demo(seed=args.seed, out=args.out, num_steps=args.num_steps, num_rounds=args.num_rounds)
     print(format_table(metrics))
     return 0
 
@@ -81,8 +88,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo = sub.add_parser("demo", help="fuse per-sequence HMMs on the CMU mocap6 data")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default=".", help="folder for metrics.json and the PNG")
-    demo.add_argument("--steps", type=int, default=None, help="SVI steps per local fit")
-    demo.add_argument("--em-rounds", type=int, default=10, help="federated EM rounds after fusion")
+    demo.add_argument("--num-steps", type=int, default=None, help="SVI steps per local fit")
+    demo.add_argument("--num-rounds", type=int, default=10, help="federated EM rounds after fusion")
+    demo.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # deprecated
+    demo.add_argument("--em-rounds", type=int, default=None, help=argparse.SUPPRESS)  # deprecated
     demo.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)

@@ -42,6 +42,11 @@ def moved(module: str, names: Mapping[str, str]) -> Callable[[str], Any]:
     Example::
 
         >>> __getattr__ = moved("pyro_fusion.models.gmm", {"kmeans": "pyro_fusion.models.clustering:kmeans"})
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     kmeans = __getattr__("kmeans")
+        >>> str(caught[0].message)
+        'pyro_fusion.models.gmm.kmeans is deprecated and will be removed in pyro_fusion 0.3; use pyro_fusion.models.clustering.kmeans'
     """
 
     def __getattr__(name: str) -> Any:
@@ -84,11 +89,12 @@ def rename_kwargs(where: str, renamed: Dict[str, str]) -> Callable[[Callable], C
 
     Example::
 
-        >>> @rename_kwargs("refine_hmm", {"rounds": "num_rounds"})
+        >>> @rename_kwargs("refine", {"rounds": "num_rounds"})
         ... def refine(num_rounds=10):
         ...     return num_rounds
-        >>> import warnings; warnings.simplefilter("ignore")
-        >>> refine(rounds=3)
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     refine(rounds=3)
         3
     """
 

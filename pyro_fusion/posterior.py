@@ -4,7 +4,7 @@
 - :class:`GuidePosterior`: one client's posterior, as read by :func:`~pyro_fusion.readout.extract`.
 - :class:`FusedPosterior`: the global posterior; :meth:`~FusedPosterior.to_guide` and
   :meth:`~FusedPosterior.write_params` write it back (:mod:`pyro_fusion.writeback`).
-- :func:`fuse_posteriors`: match and average the per-component fields with
+- :meth:`FusedPosterior.from_posteriors`: match and average the per-component fields with
   :func:`~pyro_fusion.fusion.fuse`, average the shared fields with
   :func:`~pyro_fusion.barycenter.barycenter`, rebuild simplex-indexed sites.
 
@@ -15,7 +15,7 @@ a JSON header for files and Flower messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -49,8 +49,21 @@ class SiteLayout:
     sources: Dict[str, str]
     site_families: Dict[str, ExponentialFamily]
 
+    #: the record kind of a subclass (see :mod:`pyro_fusion.io`)
+    kind: ClassVar[str] = ""
+
     def _site_record(self) -> Dict[str, Any]:
-        return {name: getattr(self, name) for name in io.SITE_FIELDS}
+        return {"kind": self.kind, **{name: getattr(self, name) for name in io.SITE_FIELDS}}
+
+    def save(self, path: str) -> None:
+        """Save as plain tensors + JSON (safetensors; never a pickle), readable without the
+        model; see :func:`save_posterior`."""
+        save_posterior(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> "SiteLayout":
+        """Load and validate a file written by :meth:`save` (see :func:`decode_posterior`)."""
+        return load_posterior(path, kind=cls.kind)
 
 
 @dataclass
@@ -67,25 +80,15 @@ class GuidePosterior(SiteLayout):
     shared: Optional[Components] = None
     weight: Optional[float] = None
 
+    kind: ClassVar[str] = "guide_posterior"
+
     @property
     def num_components(self) -> int:
         return 0 if self.components is None else len(self.components)
 
     def to_record(self) -> Dict[str, Any]:
         """The plain record :mod:`pyro_fusion.io` encodes (kind ``"guide_posterior"``)."""
-        return dict(
-            kind="guide_posterior", components=self.components, shared=self.shared, weight=self.weight,
-            **self._site_record(),
-        )
-
-    def save(self, path: str) -> None:
-        """Save as plain tensors + JSON (safetensors); see :func:`save_posterior`."""
-        save_posterior(self, path)
-
-    @classmethod
-    def load(cls, path: str) -> "GuidePosterior":
-        """Load and validate a file written by :meth:`save` (see :func:`decode_posterior`)."""
-        return load_posterior(path, kind="guide_posterior")
+        return dict(components=self.components, shared=self.shared, weight=self.weight, **self._site_record())
 
 
 @dataclass
@@ -100,6 +103,8 @@ class FusedPosterior(SiteLayout):
 
     result: Optional[FusionResult] = None
     shared: Optional[Components] = None
+
+    kind: ClassVar[str] = "fused_posterior"
 
     @property
     def num_global(self) -> int:
@@ -161,16 +166,100 @@ class FusedPosterior(SiteLayout):
     def to_record(self) -> Dict[str, Any]:
         """The plain record :mod:`pyro_fusion.io` encodes (kind ``"fused_posterior"``)."""
         result = None if self.result is None else io.result_record(self.result)
-        return dict(kind="fused_posterior", result=result, shared=self.shared, **self._site_record())
-
-    def save(self, path: str) -> None:
-        """Save as plain tensors + JSON (safetensors); no pickle."""
-        save_posterior(self, path)
+        return dict(result=result, shared=self.shared, **self._site_record())
 
     @classmethod
-    def load(cls, path: str) -> "FusedPosterior":
-        """Load and validate a file written by :meth:`save`."""
-        return load_posterior(path, kind="fused_posterior")
+    def from_posteriors(
+        cls,
+        posteriors: Sequence[GuidePosterior],
+        weights: Optional[Sequence[float]] = None,
+        *,
+        simplex_concentration: float = 1e-3,
+        **fuse_kwargs,
+    ) -> "FusedPosterior":
+        """
+        Fuse clients' extracted guides into one global posterior: the matching step of
+        :func:`~pyro_fusion.fuse_posteriors` (which returns it as ``.posterior`` of a
+        :class:`~pyro_fusion.adapters.base.FusedModel`).
+
+        Example::
+
+            >>> posts = [extract(g, components={"loc": 0}) for g in client_guides]
+            >>> fused = FusedPosterior.from_posteriors(posts, direction="reverse")
+            >>> guide = fused.to_guide(model, K=fused.num_global)
+
+        :param list posteriors: one :class:`GuidePosterior` per client.
+        :param weights: client weights; default each posterior's ``weight`` if all have one,
+            else uniform.
+        :param float simplex_concentration: pseudo-count of simplex entries no client saw, in
+            units of one (average-weight) client's probability mass (see
+            :func:`~pyro_fusion.simplex.rebuild_simplex`).
+        :param fuse_kwargs: passed to :func:`~pyro_fusion.fusion.fuse` (``direction``,
+            ``num_global``, ``price``, ``prior``, ``combine``, ``seed``, ...).
+        """
+        posteriors = list(posteriors)
+        if not posteriors:
+            raise ValueError("fusing posteriors needs at least one client")
+        ref = posteriors[0]
+        for j, p in enumerate(posteriors):
+            for attr in ("component_dims", "sources", "site_families"):
+                if getattr(p, attr) != getattr(ref, attr):
+                    raise ValueError(
+                        f"client {j}: {attr} {getattr(p, attr)} differ from client 0's {getattr(ref, attr)}"
+                    )
+            if set(p.simplex) != set(ref.simplex):
+                raise ValueError(f"client {j}: simplex sites {sorted(p.simplex)} differ from client 0's")
+            for name, shape in p.site_shapes.items():
+                if name in ref.component_dims or name in ref.simplex:
+                    continue
+                if shape != ref.site_shapes[name]:
+                    raise ValueError(
+                        f"client {j}, site {name!r}: shape {tuple(shape)} differs from client 0's "
+                        f"{tuple(ref.site_shapes[name])}"
+                    )
+        if weights is None and all(p.weight is not None for p in posteriors):
+            weights = [p.weight for p in posteriors]
+        w = client_weights(weights, len(posteriors))
+
+        result = None
+        if ref.components is not None:
+            result = fuse([p.components for p in posteriors], w, **fuse_kwargs)
+        elif ref.simplex:
+            raise ValueError("simplex-indexed sites need component sites to be matched")
+        shared = None
+        if ref.shared is not None:
+            stacked = Components(
+                {
+                    n: (f.family, torch.cat([p.shared[n].natural for p in posteriors]))
+                    for n, f in ref.shared.fields.items()
+                }
+            )
+            for j, p in enumerate(posteriors):
+                p.shared.check(f"client {j}")
+            shared = barycenter(stacked, w, direction=fuse_kwargs.get("direction", "reverse"))
+        simplex = {}
+        for name, (axes, _) in ref.simplex.items():
+            values = [p.simplex[name][1] for p in posteriors]
+            simplex[name] = (
+                axes, rebuild_simplex(values, axes, result.assignments, w, result.num_global, simplex_concentration)
+            )
+        shapes = {}
+        for name, shape in ref.site_shapes.items():
+            shape = list(shape)
+            if name in ref.component_dims:
+                shape[ref.component_dims[name]] = result.num_global
+            elif name in simplex:
+                shape = simplex[name][1].shape
+            shapes[name] = torch.Size(shape)
+        return cls(
+            component_dims=dict(ref.component_dims),
+            simplex=simplex,
+            site_shapes=shapes,
+            sources=dict(ref.sources),
+            site_families=dict(ref.site_families),
+            result=result,
+            shared=shared,
+        )
 
 
 Posterior = Union[GuidePosterior, FusedPosterior]
@@ -188,10 +277,12 @@ def posterior_from_record(record: Mapping[str, Any]) -> Posterior:
 
 def encode_posterior(post: Posterior) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
     """
-    A :class:`GuidePosterior` or :class:`FusedPosterior` as plain tensors and a
+    A :class:`GuidePosterior` or :class:`FusedPosterior` (or the
+    :class:`~pyro_fusion.adapters.base.FusedModel` holding it) as plain tensors and a
     JSON-serialisable header (:func:`pyro_fusion.io.encode_record`): the one exchange format
     of files and of :mod:`pyro_fusion.flower` messages. Inverse of :func:`decode_posterior`.
     """
+    post = getattr(post, "posterior", post)
     if not isinstance(post, (GuidePosterior, FusedPosterior)):
         raise ValueError(f"expected a GuidePosterior or FusedPosterior, got {type(post).__name__}")
     return io.encode_record(post.to_record())
@@ -220,9 +311,11 @@ def decode_posterior(
 
 def save_posterior(post: Posterior, path: str) -> None:
     """
-    Save a client's :class:`GuidePosterior` or a :class:`FusedPosterior`: plain tensors +
-    JSON, readable without the model (see :func:`encode_posterior`).
+    Save a client's :class:`GuidePosterior` or a :class:`FusedPosterior` (or the
+    :class:`~pyro_fusion.adapters.base.FusedModel` holding it): plain tensors + JSON, readable
+    without the model (see :func:`encode_posterior`).
     """
+    post = getattr(post, "posterior", post)
     if not isinstance(post, (GuidePosterior, FusedPosterior)):
         raise ValueError(f"expected a GuidePosterior or FusedPosterior, got {type(post).__name__}")
     io.save_record(post.to_record(), path)
@@ -231,91 +324,3 @@ def save_posterior(post: Posterior, path: str) -> None:
 def load_posterior(path: str, kind: str = "guide_posterior", max_width: Optional[int] = None) -> Posterior:
     """Load and validate a file written by :func:`save_posterior` (see :func:`decode_posterior`)."""
     return posterior_from_record(io.load_record(path, kind, max_width))
-
-
-def fuse_posteriors(
-    posteriors: Sequence[GuidePosterior],
-    weights: Optional[Sequence[float]] = None,
-    *,
-    simplex_concentration: float = 1e-3,
-    **fuse_kwargs,
-) -> FusedPosterior:
-    """
-    Fuse clients' extracted guides into one global posterior.
-
-    Example::
-
-        >>> posts = [extract(g, components={"loc": 0}) for g in client_guides]
-        >>> fused = fuse_posteriors(posts, direction="reverse")
-        >>> guide = fused.to_guide(model, K=fused.num_global)
-
-    :param list posteriors: one :class:`GuidePosterior` per client.
-    :param weights: client weights; default each posterior's ``weight`` if all have one,
-        else uniform.
-    :param float simplex_concentration: pseudo-count of simplex entries no client saw, in
-        units of one (average-weight) client's probability mass (see
-        :func:`~pyro_fusion.simplex.rebuild_simplex`).
-    :param fuse_kwargs: passed to :func:`~pyro_fusion.fusion.fuse` (``direction``,
-        ``num_global``, ``price``, ``prior``, ``combine``, ``seed``, ...).
-    """
-    posteriors = list(posteriors)
-    if not posteriors:
-        raise ValueError("fuse_posteriors needs at least one client")
-    ref = posteriors[0]
-    for j, p in enumerate(posteriors):
-        for attr in ("component_dims", "sources", "site_families"):
-            if getattr(p, attr) != getattr(ref, attr):
-                raise ValueError(
-                    f"client {j}: {attr} {getattr(p, attr)} differ from client 0's {getattr(ref, attr)}"
-                )
-        if set(p.simplex) != set(ref.simplex):
-            raise ValueError(f"client {j}: simplex sites {sorted(p.simplex)} differ from client 0's")
-        for name, shape in p.site_shapes.items():
-            if name in ref.component_dims or name in ref.simplex:
-                continue
-            if shape != ref.site_shapes[name]:
-                raise ValueError(
-                    f"client {j}, site {name!r}: shape {tuple(shape)} differs from client 0's "
-                    f"{tuple(ref.site_shapes[name])}"
-                )
-    if weights is None and all(p.weight is not None for p in posteriors):
-        weights = [p.weight for p in posteriors]
-    w = client_weights(weights, len(posteriors))
-
-    result = None
-    if ref.components is not None:
-        result = fuse([p.components for p in posteriors], w, **fuse_kwargs)
-    elif ref.simplex:
-        raise ValueError("simplex-indexed sites need component sites to be matched")
-    shared = None
-    if ref.shared is not None:
-        stacked = Components(
-            {
-                n: (f.family, torch.cat([p.shared[n].natural for p in posteriors]))
-                for n, f in ref.shared.fields.items()
-            }
-        )
-        for j, p in enumerate(posteriors):
-            p.shared.check(f"client {j}")
-        shared = barycenter(stacked, w, direction=fuse_kwargs.get("direction", "reverse"))
-    simplex = {}
-    for name, (axes, _) in ref.simplex.items():
-        values = [p.simplex[name][1] for p in posteriors]
-        simplex[name] = (axes, rebuild_simplex(values, axes, result.assignments, w, result.num_global, simplex_concentration))
-    shapes = {}
-    for name, shape in ref.site_shapes.items():
-        shape = list(shape)
-        if name in ref.component_dims:
-            shape[ref.component_dims[name]] = result.num_global
-        elif name in simplex:
-            shape = simplex[name][1].shape
-        shapes[name] = torch.Size(shape)
-    return FusedPosterior(
-        component_dims=dict(ref.component_dims),
-        simplex=simplex,
-        site_shapes=shapes,
-        sources=dict(ref.sources),
-        site_families=dict(ref.site_families),
-        result=result,
-        shared=shared,
-    )

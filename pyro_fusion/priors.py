@@ -138,12 +138,14 @@ class FusedPrior(_PriorReplacement):
         >>> svi = SVI(prior_model, fused.to_guide(model, data), Adam({"lr": 0.01}), Trace_ELBO())
         >>> svi.step(new_data)   # the model now starts from what all clients learned
 
-    :param FusedPosterior fused: the fused posterior.
+    :param FusedPosterior fused: the fused posterior, or a
+        :class:`~pyro_fusion.adapters.base.FusedModel` holding one (its ``posterior``).
     :param list sites: which fused sites to replace (default all but simplex and
         transformed sites).
     """
 
     def __init__(self, fused: "FusedPosterior", sites: Optional[Sequence[str]] = None):
+        fused = getattr(fused, "posterior", fused)
         names = [n for n in fused.site_shapes if n not in fused.simplex]
         usable = [n for n in names if fused.sources[n] != "transformed"]
         chosen = set(usable if sites is None else sites)

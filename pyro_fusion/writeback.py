@@ -8,7 +8,8 @@
 - :func:`init_to_fused`: an ``init_loc_fn`` for any autoguide.
 
 Each takes a :class:`~pyro_fusion.posterior.FusedPosterior` (read through its public methods,
-so this module does not import it).
+so this module does not import it); :func:`init_to_fused` also the
+:class:`~pyro_fusion.adapters.base.FusedModel` that holds one.
 """
 from __future__ import annotations
 
@@ -139,7 +140,12 @@ def init_to_fused(fused: "FusedPosterior", fallback: Callable = init_to_feasible
     Example::
 
         >>> guide = AutoDiagonalNormal(model, init_loc_fn=init_to_fused(fused))
+
+    :param fused: a :class:`~pyro_fusion.posterior.FusedPosterior`, or a
+        :class:`~pyro_fusion.adapters.base.FusedModel` holding one (its ``posterior``).
+    :param fallback: the ``init_loc_fn`` of the other sites.
     """
+    fused = getattr(fused, "posterior", fused)
 
     def init_fn(site):
         name = site["name"]

@@ -21,3 +21,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    """pyro_fusion's own deprecation warnings are errors outside ``pytest.warns``: the package,
+    its tutorials, benchmarks and tests use only the current names."""
+    config.addinivalue_line("filterwarnings", "error:.*will be removed in pyro_fusion:DeprecationWarning")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_fusion import PosteriorPrior
+from pyro_fusion import PosteriorPrior, Price
 from pyro_fusion.adapters.bnn import PRICE_RULES, fuse_mlps, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_idx, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
@@ -317,7 +317,7 @@ def test_fusing_identical_clients_returns_the_client(widths, point_scale):
     posterior = _random_posterior(4, widths, 3, torch.Generator().manual_seed(2))
     fused = fuse_mlps([posterior] * 3, point_scale=point_scale)
     assert fused.model.widths == widths
-    assert all(r.support.eq(3).all() for r in fused.results)
+    assert all(r.support.eq(3).all() for r in fused.result)
     x = torch.randn(13, 4)
     model = BayesianMLP(4, widths, 3)
     assert torch.allclose(
@@ -367,7 +367,7 @@ def test_fused_widths_follow_the_price():
     dear = fuse_mlps(clients, price=1e9)
     assert cheap.model.widths == (18,)  # unrelated units: nothing is worth matching
     assert dear.model.widths == (6,)  # one global unit per local unit of a client
-    assert dear.results[0].support.eq(3).all()
+    assert dear.result[0].support.eq(3).all()
 
 
 @pytest.mark.parametrize("widths", [(6,), (5, 4)])
@@ -446,14 +446,14 @@ def test_class_counts_in_matched_units(direction, point_scale):
     fused = fuse_mlps(
         [a, b], direction=direction, point_scale=point_scale, price=1e9, class_counts=counts
     )
-    assert fused.model.widths == (6,) and fused.results[0].support.eq(2).all()
+    assert fused.model.widths == (6,) and fused.result[0].support.eq(2).all()
     share = counts / counts.sum(0)  # both clients hold every unit: weights are the class shares
     expected = torch.zeros(3, 6)
     for j, client in enumerate([a, b]):  # client j's unit u is global unit assignments[j][u]
-        expected[:, fused.results[0].assignments[j]] += share[j, :, None] * client["output.weight"].loc
+        expected[:, fused.result[0].assignments[j]] += share[j, :, None] * client["output.weight"].loc
     got = fused.posterior["output.weight"].mean
     assert torch.allclose(got, expected, atol=1e-5)
-    order = fused.results[0].assignments[0]
+    order = fused.result[0].assignments[0]
     assert torch.allclose(got[1, order], a["output.weight"].loc[1], atol=1e-5)  # class 1: a's alone
     if point_scale is None:  # equal scales: the reverse barycenter keeps them, moment matching
         scale = fused.posterior["output.weight"].stddev  # widens them where the means differ
@@ -484,7 +484,7 @@ def test_price_rules_and_scale(point_scale):
     generator = torch.Generator().manual_seed(9)
     clients = [_random_posterior(4, (6,), 3, generator) for _ in range(3)]
     prices = {
-        rule: fuse_mlps(clients, point_scale=point_scale, price_rule=rule).results[0].price
+        rule: fuse_mlps(clients, point_scale=point_scale, price=rule).result[0].price
         for rule in PRICE_RULES
     }
     # point estimates: the prior's scale is the units' own, so both rules agree
@@ -505,14 +505,16 @@ def test_price_rules_and_scale(point_scale):
         assert prices["location"] == pytest.approx(expected, rel=1e-5)
         assert prices["prior"] != pytest.approx(prices["location"])
     low, high = (
-        fuse_mlps(clients, point_scale=point_scale, price_scale=s).results[0] for s in (0.5, 4.0)
+        fuse_mlps(clients, point_scale=point_scale, price=Price(scale=s)).result[0] for s in (0.5, 4.0)
     )
     assert high.price == pytest.approx(8 * low.price)
     assert len(high.components) <= len(low.components)
-    with pytest.raises(ValueError, match="price_rule"):
-        fuse_mlps(clients, price_rule="median")
-    with pytest.raises(ValueError, match="price_scale"):
-        fuse_mlps(clients, price_scale=0.0)
+    with pytest.raises(ValueError, match="unknown price rule 'median'"):
+        fuse_mlps(clients, price="median")
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        Price(scale=0.0)
+    with pytest.raises(ValueError, match="a scaled price needs one of the rules"):
+        fuse_mlps(clients, price=Price("spread", scale=2.0))
 
 
 @pytest.mark.parametrize("widths", [(6,), (5, 4)])
@@ -521,7 +523,7 @@ def test_point_variant_does_not_depend_on_point_scale(widths):
     clients = [_random_posterior(4, widths, 3, generator) for _ in range(3)]
     a, b = (fuse_mlps(clients, [1.0, 2.0, 3.0], point_scale=s) for s in (0.1, 3.0))
     assert a.model.widths == b.model.widths
-    for r, q in zip(a.results, b.results):
+    for r, q in zip(a.result, b.result):
         assert all(torch.equal(x, y) for x, y in zip(r.assignments, q.assignments))
     for name, d in a.posterior.items():
         assert torch.allclose(d.mean, b.posterior[name].mean, atol=1e-5)

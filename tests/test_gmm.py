@@ -110,14 +110,14 @@ def test_identical_clients_fuse_to_their_guide():
     guide = fit_gmm(data, 3, num_steps=30)
     post = extract(guide, **gmm_sites(), weight=len(data))
     locs = guide.locs.locs.detach().clone()
-    fused = fuse_posteriors([post, post, post])
+    fused = fuse_posteriors([post, post, post]).posterior
     assert fused.num_global == 3
     assert all(sorted(a.tolist()) == [0, 1, 2] for a in fused.result.assignments)
     assert hausdorff(fused.loc_scale("locs")[0], locs) < 1e-4
 
 
 def _run_script(path, monkeypatch, capsys, argv=()):
-    monkeypatch.setenv("PYRO_FUSION_SMOKE", "1")
+    monkeypatch.setenv("PYRO_FUSION_SMALL", "1")
     monkeypatch.setattr(sys, "argv", [path, *argv])
     runpy.run_path(os.path.join(ROOT, path), run_name="__main__")
     return capsys.readouterr().out

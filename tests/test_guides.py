@@ -208,7 +208,7 @@ def test_identical_clients_round_trip_to_guide(direction, num_clients):
     ref_locs = {n: getattr(ref.locs, n).detach().clone() for n in ("loc", "scale", "noise")}
     ref_scales = {n: getattr(ref.scales, n).detach().clone() for n in ("loc", "scale", "noise")}
     ref_weights = posts[0].simplex["weights"][1]
-    fused = fuse_posteriors(posts, direction=direction)
+    fused = fuse_posteriors(posts, direction=direction).posterior
     assert fused.num_global == 3
     order = fused.result.assignments[0]
     guide = fused.to_guide(mixture_model, fused.num_global)
@@ -224,7 +224,7 @@ def test_identical_clients_round_trip_to_guide(direction, num_clients):
 
 def test_fused_guide_runs_in_svi_without_warnings():
     _, posts = client_guides(3)
-    fused = fuse_posteriors(posts)
+    fused = fuse_posteriors(posts).posterior
     guide = fused.to_guide(mixture_model, fused.num_global)
 
     def model_with_data(K):
@@ -240,14 +240,14 @@ def test_fused_guide_runs_in_svi_without_warnings():
 
 def test_to_guide_checks_the_model_size():
     _, posts = client_guides(2)
-    fused = fuse_posteriors(posts)
+    fused = fuse_posteriors(posts).posterior
     with pytest.raises(ValueError, match="site 'loc'.*size the model to 3 components"):
         fused.to_guide(mixture_model, 4)
 
 
 def test_init_to_fused_and_fused_prior():
     _, posts = client_guides(2)
-    fused = fuse_posteriors(posts)
+    fused = fuse_posteriors(posts).posterior
     guide = AutoDiagonalNormal(mixture_model, init_loc_fn=init_to_fused(fused))
     median = guide.median() if guide.prototype_trace else None
     guide(3)
@@ -282,7 +282,7 @@ def test_init_to_fused_and_fused_prior():
             mixture_model(5)
     # a one-component fused posterior is not broadcast over a model of three
     _, one = client_guides(2, K=1)
-    single = fuse_posteriors(one, price=1.0)
+    single = fuse_posteriors(one, price=1.0).posterior
     with pytest.raises(ValueError, match=r"site 'loc'.*batch shape \(3,\).*\(1,\).*size the model to 1"):
         FusedPrior(single)(mixture_model)(3)
 
@@ -294,7 +294,8 @@ def test_fused_prior_of_a_hand_written_guide():
             pyro.sample("strength", dist.LogNormal(0.0, 1.0))
 
     dirichlet_guide()
-    fused = fuse_posteriors([extract(dirichlet_guide, components={"topics": 0, "strength": 0})] * 2)
+    post = extract(dirichlet_guide, components={"topics": 0, "strength": 0})
+    fused = fuse_posteriors([post, post]).posterior
     K = fused.num_global
     trace = poutine.trace(FusedPrior(fused)(topic_model)).get_trace(K)
     topics = trace.nodes["topics"]
@@ -310,7 +311,7 @@ def test_fused_prior_of_a_hand_written_guide():
 def test_write_params_of_a_hand_written_guide():
     dirichlet_guide()
     posts = [extract(dirichlet_guide, components={"topics": 0, "strength": 0})] * 2
-    fused = fuse_posteriors(posts)
+    fused = fuse_posteriors(posts).posterior
     pyro.clear_param_store()
     written = fused.write_params(dirichlet_guide, K=fused.num_global)
     assert written == {"topics": "topic_conc", "strength": "rate_param"}
@@ -332,7 +333,7 @@ def test_save_load_posteriors_and_cli(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_global"] == 3 and summary["support"] == [3, 3, 3]
     fused = FusedPosterior.load(out)
-    direct = fuse_posteriors(posts, direction="forward")
+    direct = fuse_posteriors(posts, direction="forward").posterior
     torch.testing.assert_close(fused.result.components.concat(), direct.result.components.concat())
     torch.testing.assert_close(fused.simplex["weights"][1], direct.simplex["weights"][1])
     guide = fused.to_guide(mixture_model, fused.num_global)
@@ -356,7 +357,7 @@ def test_save_load_posteriors_and_cli(tmp_path, capsys):
 
 def test_fused_guide_can_be_extracted_for_the_next_round():
     _, posts = client_guides(3)
-    fused = fuse_posteriors(posts)
+    fused = fuse_posteriors(posts).posterior
     guide = fused.to_guide(mixture_model, fused.num_global)
     again = extract(guide, fused.num_global, components={"loc": 0, "scale": 0}, simplex={"weights": [0]})
     torch.testing.assert_close(again.components.concat(), fused.result.components.concat())

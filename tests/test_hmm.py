@@ -113,7 +113,7 @@ def test_fuse_identical_hmms_returns_the_model(small_fit, num_clients):
     fit, x, _ = small_fit
     fused = fuse_hmms([fit] * num_clients, min_occupancy=1.0)
     kept = fit.occupied(1.0)
-    assert fused.num_states == len(kept)
+    assert fused.num_global == len(kept)
     for a in fused.assignments:
         assert torch.equal(a, fused.assignments[0])
     glob = fused.assignments[0][kept]
@@ -129,7 +129,7 @@ def test_fuse_hmms_spread_price_is_shared_by_the_restarts(small_fit):
     fused = fuse_hmms([fit] * 3, price="spread", restarts=3)
     kept = hmm_components(fit, fit.occupied(1.0))
     assert fused.result.price == pytest.approx(spread_price([kept] * 3, direction="forward"))
-    assert fused.num_states == len(kept)
+    assert fused.num_global == len(kept)
 
 
 def test_fuse_hmms_rejects_bad_input(small_fit):
@@ -167,7 +167,7 @@ def test_statistics_of_clients_add_up_to_one_client_holding_everything():
 def test_refine_hmm_recovers_the_emissions_and_raises_the_likelihood():
     clients = [[two_state_sequence(60, seed)[0]] for seed in range(4)]
     start = two_state_params(shift=1.0)._replace(scale=torch.full((2, 3), 2.0))
-    params, log_likelihoods = refine_hmm(start, clients, HMMPrior(), rounds=8)
+    params, log_likelihoods = refine_hmm(start, clients, HMMPrior(), num_rounds=8)
     assert len(log_likelihoods) == 8
     assert all(b >= a - 1e-3 * abs(a) for a, b in zip(log_likelihoods, log_likelihoods[1:]))
     assert log_likelihoods[-1] > log_likelihoods[0] + 100
@@ -177,7 +177,7 @@ def test_refine_hmm_recovers_the_emissions_and_raises_the_likelihood():
     assert params.trans.diagonal().min() > 0.8
     # the inputs are left as they were
     torch.testing.assert_close(start.loc, two_state_params(shift=1.0).loc)
-    assert refine_hmm(start, clients, rounds=0) == (start, [])
+    assert refine_hmm(start, clients, num_rounds=0) == (start, [])
 
 
 def test_em_update_keeps_unvisited_states():
@@ -205,7 +205,7 @@ def test_em_rejects_bad_input():
     with pytest.raises(ValueError, match="at least one client"):
         em_update(params, [])
     with pytest.raises(ValueError, match="rounds must be >= 0"):
-        refine_hmm(params, [[torch.zeros(4, 3)]], rounds=-1)
+        refine_hmm(params, [[torch.zeros(4, 3)]], num_rounds=-1)
     with pytest.raises(ValueError, match=r"client 1: hmm_statistics: sequence 0 has shape \(5, 2\)"):
         refine_hmm(params, [[torch.zeros(4, 3)], [torch.zeros(5, 2)]])
     with pytest.raises(ValueError, match="sequence 1 has shape"):
@@ -237,7 +237,7 @@ def test_features_and_standardiser():
 
 
 def test_run_demo_two_sequences(tmp_path):
-    metrics = run_demo(seed=0, out=str(tmp_path), steps=40, sequences=[0, 1], progress=False)
+    metrics = run_demo(seed=0, out=str(tmp_path), num_steps=40, sequences=[0, 1], progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert (tmp_path / "mocap_segmentation.png").stat().st_size > 0
     for row in ("fused", "fused_em", "pooled", "kmeans", "local_mean", "local_on_all_best", "local_on_all_mean"):
@@ -252,14 +252,16 @@ def test_run_demo_two_sequences(tmp_path):
     assert best["num_states"] <= 8  # one local model's states
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"sequences": [0, 6]}, {"sequences": []}, {"em_rounds": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_steps": 0}, {"sequences": [0, 6]}, {"sequences": []}, {"num_rounds": -1}]
+)
 def test_run_demo_rejects_bad_input(kwargs):
     with pytest.raises(ValueError, match="run_demo"):
         run_demo(out=None, progress=False, **kwargs)
 
 
 def test_tutorial_runs(monkeypatch, tmp_path):
-    monkeypatch.setenv("PYRO_FUSION_SMOKE", "1")
+    monkeypatch.setenv("PYRO_FUSION_SMALL", "1")
     monkeypatch.chdir(tmp_path)
     runpy.run_path(TUTORIAL, run_name="__main__")
 

@@ -39,6 +39,7 @@ from pyro_fusion import (
     default_price,
     extract,
     fuse,
+    fuse_gmms,
     fuse_posteriors,
     init_to_fused,
     kl_cost_matrix,
@@ -58,6 +59,7 @@ from pyro_fusion.models.bnn import (
     predictive_probs,
     train_svi,
 )
+from pyro_fusion.models.gmm import fit_gmm, gmm_sites
 from pyro_fusion.models.hmm import HMMParams, HMMPrior, decode, fit_gaussian_hmm, forward_backward
 from pyro_fusion.datasets import Corpus
 from pyro_fusion.metrics.topics import (
@@ -368,7 +370,7 @@ def client_posteriors(num_clients=2):
 
 
 def fused_posterior():
-    return fuse_posteriors(client_posteriors(), price=1e4)  # one global per client component
+    return fuse_posteriors(client_posteriors(), price=1e4).posterior  # one global per client component
 
 
 @case("extract-autonormal")
@@ -387,6 +389,23 @@ def _(tmp_path):
 def _(tmp_path):
     posts = client_posteriors()
     return Case(posts, lambda: fuse_posteriors(posts, [1.0, 2.0], direction="forward"))
+
+
+@case("fuse_posteriors-guides")
+def _(tmp_path):
+    guide = train(AutoNormal(mixture_model), seed=0)
+
+    def run():  # read, fused and written back into a guide of the global model
+        return fuse_posteriors([guide, guide], model=mixture_model, model_args=lambda k: (k, DATA), **EXTRACT_KWARGS)
+
+    return Case(guide, run)
+
+
+@case("fuse_gmms")
+def _(tmp_path):
+    guides = [fit_gmm(torch.randn(20, 2) + 4.0 * j, 2, num_steps=3, seed=j) for j in range(2)]
+    posts = [extract(guides[0], **gmm_sites()), guides[1]]  # a read client and a guide
+    return Case((posts, guides), lambda: fuse_gmms(posts, [20.0, 30.0]))
 
 
 @case("init_to_fused")
@@ -554,7 +573,7 @@ def hmm_sequences():
 @case("fuse_hmms")
 def _(tmp_path):
     fits, prior = hmm_fits(), HMMPrior()
-    return Case((fits, prior), lambda: hmm_adapter.fuse_hmms(fits, prior, restarts=2))
+    return Case((fits, prior), lambda: hmm_adapter.fuse_hmms(fits, prior=prior, restarts=2))
 
 
 @case("fuse_hmms-spread")
@@ -591,7 +610,7 @@ for _rounds in (0, 2):
     @case(f"refine_hmm-{_rounds}-rounds")
     def _(tmp_path, rounds=_rounds):
         params, sequences = hmm_params(), hmm_sequences()
-        run = lambda: hmm_adapter.refine_hmm(params, sequences, rounds=rounds)  # noqa: E731
+        run = lambda: hmm_adapter.refine_hmm(params, sequences, num_rounds=rounds)  # noqa: E731
         return Case((params, sequences), run, fresh=rounds > 0)
 
 

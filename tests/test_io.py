@@ -62,7 +62,7 @@ def test_decode_checks_max_width():
 
 def test_encode_decode_round_trip_fused():
     _, posts = client_guides(2)
-    fused = fuse_posteriors(posts)
+    fused = fuse_posteriors(posts).posterior
     back = decode_posterior(*encode_posterior(fused), "here", kind="fused_posterior")
     torch.testing.assert_close(back.result.components.concat(), fused.result.components.concat())
     assert back.result.objective == fused.result.objective

@@ -194,7 +194,8 @@ def test_identical_clients_fuse_back(guide_kind, num_clients):
     lda = LDA(3, corpus.vocab)
     guide = lda.dirichlet_guide if guide_kind == "dirichlet" else lda.autonormal_guide()
     lda.fit(corpus, guide=guide, num_steps=20, batch_size=16)
-    fused, result = fuse_lda([lda] * num_clients)
+    fused = fuse_lda([lda] * num_clients)
+    result, fused = fused.result, fused.model
     assert result.num_global == 3
     assert result.support.tolist() == [num_clients] * 3
     original = lda.topic_posterior()
@@ -216,7 +217,7 @@ def test_fused_guide_warm_starts():
     corpus, _ = synthetic_corpus(num_docs=30, vocab_size=24)
     lda = LDA(3, corpus.vocab)
     lda.fit(corpus, num_steps=20, batch_size=16)
-    fused, _ = fuse_lda([lda, lda])
+    fused = fuse_lda([lda, lda]).model
     losses = fused.fit(corpus.reindex(fused.vocab), num_steps=3, natural_gradient=False)
     assert all(torch.isfinite(torch.tensor(losses)))
 
@@ -232,7 +233,8 @@ def test_different_vocabularies_end_to_end():
         m = LDA(4, c.vocab, name=f"c{j}")
         m.fit(c, num_steps=60, batch_size=20)
         models.append(m)
-    fused, result = fuse_lda(models, weights=[c.num_words for c in clients])
+    fused = fuse_lda(models, weights=[c.num_words for c in clients])
+    result, fused = fused.result, fused.model
     assert fused.vocab == union_vocabulary([c.vocab for c in clients])
     test_counts = test.reindex(fused.vocab).counts
     fused_ll = document_completion(fused.topic_word_matrix(), test_counts)
@@ -288,7 +290,7 @@ def test_top_n_beyond_the_vocabulary_is_refused():
 
 
 def test_tutorial_smoke(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PYRO_FUSION_SMOKE", "1")
+    monkeypatch.setenv("PYRO_FUSION_SMALL", "1")
     monkeypatch.setenv("PYRO_FUSION_OUTPUT", str(tmp_path))
     runpy.run_path(os.path.join(ROOT, "tutorials", "lda_topics.py"), run_name="__main__")
     out = capsys.readouterr().out

@@ -20,7 +20,7 @@
 # unchanged in the simulation engine (`python tutorials/federated_flower.py`) and in a
 # deployment (see the README section "Federated deployments with Flower").
 #
-# Set `PYRO_FUSION_TUTORIAL_SMALL=1` for a quick run; `MNIST` is read from
+# Set `PYRO_FUSION_SMALL=1` for a quick run; `MNIST` is read from
 # `$PYRO_FUSION_MNIST` (default `../shared/data/mnist`).
 
 # %%
@@ -47,6 +47,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from pyro.infer.autoguide import AutoNormal
 
+from pyro_fusion.apps import small_run
 from pyro_fusion.datasets.mnist import load_mnist, split_clients
 from pyro_fusion.flower import KLFusion, receive_global, reply
 from pyro_fusion.models.bnn import (
@@ -60,7 +61,7 @@ from pyro_fusion.models.bnn import (
 
 #: a hidden unit = its incoming weight row, its bias and its outgoing weight column
 UNITS = {"hidden.0.weight": 0, "hidden.0.bias": 0, "output.weight": 1}
-SMALL = os.environ.get("PYRO_FUSION_TUTORIAL_SMALL") == "1"
+SMALL = small_run()
 #: every setting can be overridden by the run config (deployment) or the JSON in
 #: $PYRO_FUSION_FLOWER_SETTINGS (simulation)
 DEFAULTS = {

@@ -15,24 +15,23 @@
 # and not every party sees every cluster), and returns one global posterior, which can be
 # written back as a Pyro guide or used as the prior of the next round.
 #
-# Set `PYRO_FUSION_SMOKE=1` for a quick run.
+# Set `PYRO_FUSION_SMALL=1` for a quick run.
 
 # %%
-import os
-
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.optim import ClippedAdam
 
-from pyro_fusion import FusedPrior, extract, fuse_posteriors, init_to_fused
+from pyro_fusion import FusedPrior, extract, fuse_gmms, init_to_fused
+from pyro_fusion.apps import small_run
 from pyro_fusion.metrics import hausdorff
-from pyro_fusion.models.gmm import fit_gmm, gmm_model, gmm_sites
+from pyro_fusion.models.gmm import fit_gmm, gmm_sites
 
-SMOKE = os.environ.get("PYRO_FUSION_SMOKE") == "1"
-POINTS = 100 if SMOKE else 300
-STEPS = 40 if SMOKE else 200
+SMALL = small_run()
+POINTS = 100 if SMALL else 300
+STEPS = 40 if SMALL else 200
 torch.set_num_threads(1)
 pyro.set_rng_seed(0)
 
@@ -71,17 +70,20 @@ pyro.clear_param_store()  # only the extracted posteriors leave the parties
 # %% [markdown]
 # ## 3. Fuse
 #
-# Nonparametric fusion finds the number of global components itself (the price of a new
-# global component is set from the parties' own components, see `pyro_fusion.default_price`).
+# `fuse_gmms` matches the parties' components, averages the matched ones, and writes the
+# result back as a Gaussian mixture of the global size. Nonparametric fusion finds the number of
+# global components itself (the price of a new global component is set from the parties' own
+# components, see `pyro_fusion.default_price`). Like every `fuse_*` function it returns a
+# `FusedModel`: `.model`, `.guide`, `.posterior` (here a `FusedPosterior`) and `.result`.
 
 # %%
-fused = fuse_posteriors(posteriors)
-fused_locs, fused_scales = fused.loc_scale("locs")
+fused = fuse_gmms(posteriors)
+fused_locs, fused_scales = fused.posterior.loc_scale("locs")
 print("global components:", fused.num_global)
-print("party -> global index:", [a.tolist() for a in fused.result.assignments])
+print("party -> global index:", [a.tolist() for a in fused.assignments])
 print("parties per global component:", fused.result.support.tolist())
 print("fused means:\n", fused_locs)
-print("fused mixture weights:", fused.simplex["weights"][1])
+print("fused mixture weights:", fused.posterior.simplex["weights"][1])
 print("Hausdorff distance to the true means:", hausdorff(fused_locs, true_locs))
 
 # %% [markdown]
@@ -92,20 +94,19 @@ print("Hausdorff distance to the true means:", hausdorff(fused_locs, true_locs))
 # `benchmarks/gmm_paper.py`, uses it).
 
 # %%
-print("global components with price='spread':", fuse_posteriors(posteriors, price="spread").num_global)
+print("global components with price='spread':", fuse_gmms(posteriors, price="spread").num_global)
 
 # %% [markdown]
-# ## 4. Write the fused posterior back as a Pyro guide
+# ## 4. The fused posterior as a Pyro guide
 #
-# `to_guide` builds an `AutoNormal` (named `FusedAutoNormal`, so it never collides with the
-# parties' guides in the param store) sized to the global components, with the fused locs and
-# scales. It is ready for `Predictive`, `guide.median()` or more SVI.
+# `fused.model` is `gmm_model` sized to the global components (it takes the data only), and
+# `fused.guide` an `AutoNormal` of it (named `FusedAutoNormal`, so it never collides with the
+# parties' guides in the param store) with the fused locs and scales. It is ready for
+# `Predictive`, `guide.median()` or more SVI.
 
 # %%
-K = fused.num_global
 pooled = torch.cat(datasets)
-global_guide = fused.to_guide(gmm_model, pooled, K)
-median = global_guide.median(pooled, K)
+median = fused.guide.median(pooled)
 print("global guide's median locs:\n", median["locs"])
 
 # %% [markdown]
@@ -117,9 +118,9 @@ print("global guide's median locs:\n", median["locs"])
 
 # %%
 new_data = true_locs[torch.randint(2, (POINTS // 4,))] + 0.7 * torch.randn(POINTS // 4, 2)
-prior_model = FusedPrior(fused)(gmm_model)
-new_guide = AutoNormal(gmm_model, init_loc_fn=init_to_fused(fused), init_scale=0.05)
+prior_model = FusedPrior(fused)(fused.model)
+new_guide = AutoNormal(fused.model, init_loc_fn=init_to_fused(fused), init_scale=0.05)
 svi = SVI(prior_model, new_guide, ClippedAdam({"lr": 0.01}), Trace_ELBO())
 for step in range(STEPS):
-    svi.step(new_data, K)
-print("new party's locs (all global components, from 25% of one party's data):\n", new_guide.median(new_data, K)["locs"])
+    svi.step(new_data)
+print("new party's locs (all global components, from 25% of one party's data):\n", new_guide.median(new_data)["locs"])

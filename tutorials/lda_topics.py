@@ -17,7 +17,7 @@
 # LDA. We print the top words of the fused topics, which genres contributed to each, and plot the
 # party × global-topic support matrix.
 #
-# Set `PYRO_FUSION_SMOKE=1` for a quick run on three genres; figures go to `$PYRO_FUSION_OUTPUT`
+# Set `PYRO_FUSION_SMALL=1` for a quick run on three genres; figures go to `$PYRO_FUSION_OUTPUT`
 # (default `outputs/`).
 
 # %%
@@ -30,15 +30,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_fusion.adapters.lda import fuse_lda, topic_components  # noqa: E402
+from pyro_fusion import fuse_lda  # noqa: E402
+from pyro_fusion.adapters.lda import topic_components  # noqa: E402
+from pyro_fusion.apps import small_run  # noqa: E402
 from pyro_fusion.datasets.brown import load_brown  # noqa: E402
 from pyro_fusion.metrics.topics import document_completion, top_words, topic_word_matrix  # noqa: E402
 from pyro_fusion.models.lda import LDA  # noqa: E402
 
-SMOKE = os.environ.get("PYRO_FUSION_SMOKE") == "1"
+SMALL = small_run()
 OUTPUT = os.environ.get("PYRO_FUSION_OUTPUT", "outputs")
-NUM_TOPICS = 4 if SMOKE else 10
-PASSES = 2 if SMOKE else 10
+NUM_TOPICS = 4 if SMALL else 10
+PASSES = 2 if SMALL else 10
 os.makedirs(OUTPUT, exist_ok=True)
 torch.set_num_threads(1)
 pyro.set_rng_seed(0)
@@ -49,13 +51,13 @@ pyro.set_rng_seed(0)
 
 # %%
 brown = load_brown()
-genres = brown.label_names[:3] if SMOKE else brown.label_names
+genres = brown.label_names[:3] if SMALL else brown.label_names
 generator = torch.Generator().manual_seed(0)
 clients, held_out = [], []
 for g, genre in enumerate(genres):
     docs = (brown.labels == brown.label_names.index(genre)).nonzero().squeeze(-1)
     docs = docs[torch.randperm(len(docs), generator=generator)]
-    if SMOKE:
+    if SMALL:
         docs = docs[:10]
     num_test = max(1, len(docs) // 5)
     held_out.append(docs[:num_test])
@@ -74,10 +76,13 @@ for genre, corpus in zip(genres, clients):
 
 # %% [markdown]
 # ## Fuse
-# Weights are the parties' numbers of words; the number of global topics is learned.
+# Weights are the parties' numbers of words; the number of global topics is learned. `fuse_lda`
+# returns a `FusedModel`: the global `LDA` over the union vocabulary (`.model`), its topics
+# (`.posterior`) and the matching (`.result`).
 
 # %%
-fused, result = fuse_lda(models, weights=[c.num_words for c in clients])
+fused = fuse_lda(models, weights=[c.num_words for c in clients])
+result, global_lda = fused.result, fused.model
 print(f"{result.num_global} global topics from {sum(m.num_topics for m in models)} local ones")
 
 # %%
@@ -86,19 +91,19 @@ for genre, assignment in zip(genres, result.assignments):
     for g in assignment.tolist():
         contributors[g].append(genre)
 order = result.support.argsort(descending=True).tolist()
-for g, words in zip(order, top_words(fused.topic_word_matrix()[order], fused.vocab, 8)):
+for g, words in zip(order, top_words(global_lda.topic_word_matrix()[order], global_lda.vocab, 8)):
     print(f"topic {g:3d} [{', '.join(contributors[g])}]: {' '.join(words)}")
 
 # %% [markdown]
 # ## Held-out documents of every genre, by document completion
 
 # %%
-test = brown.subset(torch.cat(held_out)).reindex(fused.vocab)
+test = brown.subset(torch.cat(held_out)).reindex(global_lda.vocab)
 for genre, model in zip(genres, models):
     # the local topics over the union vocabulary (words the party never saw at the prior)
-    local = topic_word_matrix(topic_components(model, fused.vocab).distributions()["topic_words"])
+    local = topic_word_matrix(topic_components(model, global_lda.vocab).distributions()["topic_words"])
     print(f"local {genre:16s} {document_completion(local, test.counts):.3f}")
-print(f"fused {'':16s} {document_completion(fused.topic_word_matrix(), test.counts):.3f}")
+print(f"fused {'':16s} {document_completion(global_lda.topic_word_matrix(), test.counts):.3f}")
 
 # %% [markdown]
 # ## Which party supports which global topic

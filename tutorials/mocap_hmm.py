@@ -21,22 +21,22 @@
 # the states of all clients by KL divergence between their posteriors, builds one global
 # HMM, and we then segment every sequence with it and compare with the true exercises.
 #
-# Set `PYRO_FUSION_SMOKE=1` to run a tiny version (two sequences, few SVI steps).
+# Set `PYRO_FUSION_SMALL=1` to run a tiny version (two sequences, few SVI steps).
 
 # %%
-import os
-
 import matplotlib
 
-from pyro_fusion.adapters.hmm import fuse_hmms, hmm_components, refine_hmm
-from pyro_fusion.datasets import load_mocap6
+from pyro_fusion import fuse_hmms
+from pyro_fusion.adapters.hmm import hmm_components, refine_hmm
+from pyro_fusion.apps import small_run
 from pyro_fusion.apps.mocap import plot_segmentation, pooled_standardiser, segmentation_scores, window_features
+from pyro_fusion.datasets import load_mocap6
 from pyro_fusion.models.hmm import HMMPrior, decode, fit_gaussian_hmm
 
 matplotlib.use("Agg")
-SMOKE = os.environ.get("PYRO_FUSION_SMOKE") == "1"
-STEPS = 30 if SMOKE else 400
-CLIENTS = [0, 3] if SMOKE else range(6)
+SMALL = small_run()
+STEPS = 30 if SMALL else 400
+CLIENTS = [0, 3] if SMALL else range(6)
 
 # %% [markdown]
 # ## The data, as each client sees it
@@ -106,14 +106,16 @@ print({field: tuple(d.batch_shape) for field, d in components.distributions().it
 # ## Fusion
 #
 # `fuse_hmms` prunes empty states, calls `pyro_fusion.fuse` on all clients' states in the
-# forward direction (each global state is the moment-matched cover of its clients' states)
-# with a price per global state (the median distance between two states of one client), and
-# rebuilds the global transition matrix by summing the clients' expected transition counts in
-# the global state space.
+# forward direction (its default for HMMs: each global state is the moment-matched cover of its
+# clients' states) with a price per global state (the median distance between two states of one
+# client), and rebuilds the global transition matrix by summing the clients' expected transition
+# counts in the global state space. Like every `fuse_*` function it returns a `FusedModel`; for
+# HMMs its `params` are the global HMM and `assignments` map each client's states to global ones
+# (-1: pruned).
 
 # %%
-fused = fuse_hmms(fits, prior)
-print(f"{fused.num_states} global states; clients per state: {fused.result.support.tolist()}")
+fused = fuse_hmms(fits, prior=prior)
+print(f"{fused.num_global} global states; clients per state: {fused.result.support.tolist()}")
 for name, a in zip(names, fused.assignments):
     print(f"{name}: local state -> global state {a.tolist()}")
 
@@ -143,7 +145,7 @@ for name, path, y in zip(names, local_paths, labels):
 
 # %%
 client_sequences = [[x] for x in clients]
-refined, log_likelihoods = refine_hmm(fused.params, client_sequences, prior, rounds=10)
+refined, log_likelihoods = refine_hmm(fused.params, client_sequences, prior, num_rounds=10)
 print("log-likelihood per round:", [round(v) for v in log_likelihoods])
 refined_paths = [decode(refined, x) for x in clients]
 print("fused + federated EM:", segmentation_scores(refined_paths, labels))

@@ -11,18 +11,18 @@
 #
 # Ten clients each fit a Gaussian mixture to their own 300 points and share only their trained
 # guides. After fusing the guides, a model on the pooled data (or a new client's model) need
-# not start from scratch: `fused.to_guide(model, ...)` is a ready `AutoNormal` whose locs *and
+# not start from scratch: `fuse_gmms(...).guide` is a ready `AutoNormal` whose locs *and
 # scales* are the fused posterior. Here we train the same model on the pooled data twice:
 #
 # - **cold**: `AutoNormal` with its defaults (`init_to_feasible`, `init_scale=0.1`), except that
 #   the component means start at K distinct random data points, as in Pyro's GMM tutorial
 #   (starting every mean at the same point leaves the components indistinguishable);
-# - **warm**: `fused.to_guide(gmm_model, pooled, K)`;
+# - **warm**: `fused.guide`, the fused posterior written back into the global model;
 #
 # with the same optimiser and learning-rate schedule, and count the SVI steps each needs to come
 # within 1% of the cold start's final ELBO.
 #
-# Run with `PYRO_FUSION_SMOKE=1` for a reduced size; the plot goes to the path given as the
+# Run with `PYRO_FUSION_SMALL=1` for a reduced size; the plot goes to the path given as the
 # first argument, or `$PYRO_FUSION_OUTPUT`, or `outputs/warm_start.png`.
 
 # %%
@@ -38,19 +38,15 @@ import pyro
 import torch
 from pyro.infer.autoguide import AutoNormal, init_to_feasible, init_to_value
 
-from pyro_fusion import extract, fuse_posteriors
-from pyro_fusion.models.gmm import (
-    fit_gmm,
-    gmm_model,
-    gmm_sites,
-    run_svi,
-)
+from pyro_fusion import extract, fuse_gmms
+from pyro_fusion.apps import small_run
+from pyro_fusion.models.gmm import fit_gmm, gmm_model, gmm_sites, run_svi
 
-SMOKE = os.environ.get("PYRO_FUSION_SMOKE") == "1"
-NUM_CLIENTS = 3 if SMOKE else 10
-POINTS = 100 if SMOKE else 300
-CLIENT_STEPS = 40 if SMOKE else 150
-POOLED_STEPS = 60 if SMOKE else 600
+SMALL = small_run()
+NUM_CLIENTS = 3 if SMALL else 10
+POINTS = 100 if SMALL else 300
+CLIENT_STEPS = 40 if SMALL else 150
+POOLED_STEPS = 60 if SMALL else 600
 WINDOW = 5  # steps over which the (single-sample) loss is averaged before comparing it to the target
 OUTPUT = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PYRO_FUSION_OUTPUT", "outputs/warm_start.png")
 torch.set_num_threads(1)
@@ -76,7 +72,7 @@ for j, data in enumerate(datasets):
     guide = fit_gmm(data, len(kept[j]), num_steps=CLIENT_STEPS, seed=j)
     posteriors.append(extract(guide, **gmm_sites(), weight=len(data)))
 pyro.clear_param_store()  # the clients keep their guides; a new AutoNormal must not pick up their parameters
-fused = fuse_posteriors(posteriors)
+fused = fuse_gmms(posteriors)
 print("global components found:", fused.num_global)
 
 # %% [markdown]
@@ -92,8 +88,7 @@ cold = AutoNormal(gmm_model, init_loc_fn=init_to_value(values={"locs": random_po
 cold_losses = run_svi(cold, pooled, K, POOLED_STEPS)
 
 pyro.set_rng_seed(1)
-warm = fused.to_guide(gmm_model, pooled, K)
-warm_losses = run_svi(warm, pooled, K, POOLED_STEPS)
+warm_losses = run_svi(fused.guide, pooled, K, POOLED_STEPS)  # the same sites as gmm_model(pooled, K)
 
 
 # %%

@@ -13,55 +13,487 @@ units the client lacks are the prior ``Normal(0, prior_scale)`` (value 0 for poi
 estimates); then layer ``k+1`` is matched, and so on. Connections between two global units
 that no client matched to both has are set to mean 0 with a small scale (``absent_scale``).
 The outgoing columns of the last hidden layer are matched with their units, and the fused
-column of a global unit is its barycenter times the share ``W_g / W`` of the total client weight
-matched to it (per class, with ``class_counts``), i.e. the weighted average over *all* clients
-where a client lacking the unit contributes 0 (as its re-indexed output row would). So the fused logits are the weighted
-average of the clients' logits when matched units compute the same feature (a log-linear
-pool); without this, a unit held by one client would enter the logits with full weight and
-a matched one with averaged weight, and a fused network of unmatched units would add up the
-clients' logits (overconfident). The output biases, which every client has once, are fused
-by a weighted KL barycenter (per class with ``class_counts``). The fused network has the learned widths and comes back as a new
+column of a global unit is its barycenter times the share ``W_g / W`` of the total client
+weight matched to it (per class, with ``class_counts``), i.e. the weighted average over *all*
+clients where a client lacking the unit contributes 0 (as its re-indexed output row would).
+So the fused logits are the weighted average of the clients' logits when matched units
+compute the same feature (a log-linear pool); without this, a unit held by one client would
+enter the logits with full weight and a matched one with averaged weight, and a fused network
+of unmatched units would add up the clients' logits (overconfident). The output biases, which
+every client has once, are fused by a weighted KL barycenter (per class with
+``class_counts``). The fused network has the learned widths and comes back as a new
 :class:`~pyro_fusion.models.bnn.BayesianMLP` with a guide.
+
+The steps, each a function: :func:`layer_units` (one client's units of a layer, read out),
+:func:`match_layer` (the layer's matching, with its price rule), :func:`fused_layer` (the
+global layer's incoming weights and biases), :func:`output_columns` and :func:`output_bias`
+(the output layer, weighted by client or per class), :func:`write_mlp` (the fused network
+and its guide). :class:`MLPAdapter` runs them; :func:`fuse_mlps` is the front door.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..barycenter import barycenter
 from ..components import Components
 from ..cost import KLGeometry
+from ..deprecation import moved, warn
 from ..fusion import FusionResult, client_weights, default_price, fuse
-from ..models.bnn import BayesianMLP, delta_guide, normal_guide
+from ..models.bnn import BayesianMLP, delta_guide, normal_guide, normal_posterior
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, Price, front_door
 
-__all__ = ["FusedMLP", "PRICE_RULES", "fuse_mlps", "naive_average"]
+__all__ = [
+    "MLPAdapter",
+    "PRICE_RULES",
+    "fuse_mlps",
+    "fused_layer",
+    "layer_units",
+    "match_layer",
+    "naive_average",
+    "output_bias",
+    "output_columns",
+    "unit_components",
+    "write_mlp",
+]
 
-#: the default price rules of :func:`fuse_mlps`
+#: the price rules :func:`fuse_mlps` computes itself (see :func:`match_layer`)
 PRICE_RULES = ("location", "prior")
 
+#: a layer's units: field (``"weight"``, ``"bias"``, ``"out"``) -> ``(loc, scale)``, first dim indexing units
+Units = Dict[str, Tuple[Tensor, Tensor]]
 
-class FusedMLP(NamedTuple):
+
+def unit_components(units: Units, point_scale: Optional[float] = None) -> Components:
     """
-    What :func:`fuse_mlps` returns.
+    Units ``(loc, scale)`` per field as :class:`~pyro_fusion.components.Components`: diagonal
+    Normals, or with ``point_scale`` point masses at the locs.
 
-    :ivar BayesianMLP model: the fused network (learned hidden widths).
-    :ivar guide: an :class:`~pyro.infer.autoguide.AutoNormal` holding the fused locs and
-        scales, or an :class:`~pyro.infer.autoguide.AutoDelta` for point estimates.
-    :ivar dict posterior: site name -> fused ``Normal`` (or ``Delta``) of the site's shape.
-    :ivar list results: one :class:`~pyro_fusion.FusionResult` per hidden layer.
+    :param dict units: field -> ``(loc, scale)``, the first dimension indexing units.
+    :param float point_scale: read the locs as :class:`~pyro_fusion.expfam.PointMass` of this scale.
     """
 
-    model: BayesianMLP
-    guide: PyroModule
-    posterior: Dict[str, dist.Distribution]
-    results: List[FusionResult]
+    def field(loc: Tensor, scale: Tensor) -> dist.Distribution:
+        if point_scale is not None:
+            return dist.Delta(loc, event_dim=loc.dim() - 1)
+        return dist.Normal(loc, scale)
+
+    return Components.from_distributions(
+        {name: field(loc, scale) for name, (loc, scale) in units.items()}, point_scale=point_scale
+    )
 
 
+def layer_units(
+    posterior: Mapping[str, dist.Distribution],
+    layer: int,
+    prior_scale: float,
+    assignment: Optional[Tensor] = None,
+    num_previous: Optional[int] = None,
+) -> Units:
+    """
+    Layer read-out: one client's hidden units of ``layer`` as ``(loc, scale)`` per field, the
+    incoming rows (``"weight"``) re-indexed through the client's ``assignment`` of the previous
+    layer into its ``num_previous`` global units (entries for global units it lacks: the prior,
+    loc 0 and scale ``prior_scale``); with ``"out"``, the outgoing columns, when ``layer`` is the
+    last hidden layer.
+
+    Example::
+
+        >>> post = {name: dist.Normal(torch.zeros(shape), 1.0) for name, shape in
+        ...         BayesianMLP(3, (4,), 2).site_shapes().items()}
+        >>> {name: tuple(loc.shape) for name, (loc, _) in layer_units(post, 0, 1.0).items()}
+        {'weight': (4, 3), 'bias': (4,), 'out': (4, 2)}
+
+    :param dict posterior: site name -> the client's distribution (e.g. ``Normal``).
+    :param int layer: hidden layer index ``k``.
+    :param float prior_scale: the clients' prior scale.
+    :param Tensor assignment: the client's previous-layer assignment (None for layer 0).
+    :param int num_previous: the number of global units of the previous layer.
+    """
+    w_loc, w_scale = _loc_scale(posterior[f"hidden.{layer}.weight"])
+    if assignment is not None:
+        w_loc = _reindex(w_loc, assignment, num_previous, 0.0)
+        w_scale = _reindex(w_scale, assignment, num_previous, prior_scale)
+    units = {"weight": (w_loc, w_scale), "bias": _loc_scale(posterior[f"hidden.{layer}.bias"])}
+    if f"hidden.{layer + 1}.weight" not in posterior:
+        out_loc, out_scale = _loc_scale(posterior["output.weight"])
+        units["out"] = (out_loc.T, out_scale.T)
+    return units
+
+
+def match_layer(
+    units: Sequence[Units],
+    weights: Union[Sequence[float], Tensor, None],
+    *,
+    price: Union[None, float, str, Price],
+    num_global: Optional[int],
+    prior_scale: float,
+    point_scale: Optional[float],
+    direction: str,
+    seed: int,
+    **engine_options,
+) -> FusionResult:
+    """
+    Per-layer matching: :func:`~pyro_fusion.fuse` of the clients' units (from :func:`layer_units`)
+    with the prior ``Normal(0, prior_scale)`` as prior component, at a price set by ``price``:
+    a number, a rule name of :func:`~pyro_fusion.fuse`, or one of :data:`PRICE_RULES` (also as
+    a :class:`~pyro_fusion.adapters.base.Price`, whose ``scale`` multiplies it; None is
+    ``"location"``). A rule's price is the median over the clients' local units ``l`` of
+    ``w_j D_l`` (client weights normalised to mean 1) with
+
+    - ``"location"``: ``D_l = sum (loc / scale)**2 / 2`` over the unit's fields, i.e.
+      ``KL(q_l || Normal(0, scale_l))``: how far the unit is from the prior's *location*,
+      measured in its own scales (``point_scale`` for point estimates, where this is the
+      same as ``"prior"``). A matched partner shares the unit's precision, so only its
+      location is what the unit is worth beyond the prior.
+    - ``"prior"``: ``D_l = KL(q_l || Normal(0, prior_scale))``
+      (:func:`~pyro_fusion.default_price` with the prior as ``p0``). It also counts the
+      information in the scales, ``log(prior_scale / scale)`` per weight, which for trained
+      networks dominates and merges far more units (README, "Bayesian neural networks").
+
+    With a default price the result does not depend on ``point_scale``: the costs and the price
+    both scale as ``1 / point_scale**2``.
+
+    :param list units: per client, its units of the layer.
+    :param weights: positive client weights, uniform by default.
+    :param price: see above.
+    :param int num_global: parametric mode: the layer's fused width (the price is then unused).
+    :param float prior_scale: the clients' prior scale.
+    :param float point_scale: fuse point estimates (see :func:`unit_components`).
+    :param str direction: KL direction.
+    :param int seed: seed of :func:`~pyro_fusion.fuse`.
+    :param engine_options: ``combine``, ``max_sweeps``, ``dtype`` of :func:`~pyro_fusion.fuse`.
+    """
+    clients = [unit_components(u, point_scale) for u in units]
+    prior = unit_components(
+        {
+            name: (torch.zeros((1,) + loc.shape[1:]), torch.full((1,) + loc.shape[1:], prior_scale))
+            for name, (loc, _) in units[-1].items()
+        },
+        point_scale,
+    )
+    if price is None or isinstance(price, str) and price in PRICE_RULES:
+        price = Price(price)
+    if isinstance(price, Price):
+        rule = price.rule or "location"
+        if rule not in PRICE_RULES:
+            if price.scale != 1.0:
+                raise ValueError(f"price {price}: a scaled price needs one of the rules {PRICE_RULES}")
+            price = rule
+        elif num_global is not None:
+            price = None
+        elif rule == "prior":
+            price = default_price(clients, weights, direction, prior) * price.scale
+        else:
+            price = _location_price(units, weights, point_scale) * price.scale
+    return fuse(
+        clients, weights, direction=direction, price=price, num_global=num_global, prior=prior, seed=seed,
+        **engine_options,
+    )
+
+
+def fused_layer(
+    result: FusionResult, previous: Optional[List[Tensor]], num_previous: int, absent_scale: float
+) -> Units:
+    """
+    The global layer's incoming weights and biases ``(loc, scale)`` from its matching:
+    connections between two global units that no client matched to both (``previous``: the
+    clients' assignments of the previous layer) get loc 0 and scale ``absent_scale``.
+
+    :param FusionResult result: the layer's matching (:func:`match_layer`).
+    :param list previous: the previous layer's assignments (None for layer 0).
+    :param int num_previous: the previous layer's number of global units.
+    :param float absent_scale: scale of absent connections.
+    :returns: ``{"weight": ..., "bias": ...}``.
+    """
+    global_fields = result.distributions()
+    w_loc, w_scale = _loc_scale(global_fields["weight"])
+    if previous is not None:
+        seen = _connections(previous, result.assignments, num_previous, result.num_global)
+        w_loc = w_loc.masked_fill(~seen, 0.0)
+        w_scale = w_scale.masked_fill(~seen, absent_scale)
+    return {"weight": (w_loc, w_scale), "bias": _loc_scale(global_fields["bias"])}
+
+
+def output_columns(
+    result: FusionResult,
+    units: Sequence[Units],
+    weights: Union[Sequence[float], Tensor, None],
+    class_weights: Optional[Tensor],
+    direction: str,
+    absent_scale: float,
+    point_scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """
+    Output weighting: the fused outgoing columns ``(loc, scale)`` ``[num_global, C]`` of the last
+    hidden layer. Without ``class_weights``, a global unit's column is its barycenter times the
+    share of the total client weight matched to it; with ``class_weights`` ``[J, C]`` (e.g. from
+    the clients' class counts), class ``c``'s entry is the barycenter of the matched clients'
+    entries weighted by ``class_weights[:, c]``, times the share of that class's weight they
+    hold (entries nobody matched to the unit holds: scale ``absent_scale``).
+
+    :param FusionResult result: the last hidden layer's matching.
+    :param list units: per client, its units of that layer (with ``"out"``).
+    :param weights: client weights.
+    :param Tensor class_weights: optional ``[J, C]`` per-class client weights.
+    :param str direction: KL direction.
+    :param float absent_scale: see above.
+    :param float point_scale: as the units were read (:func:`unit_components`).
+    """
+    if class_weights is None:
+        share = _client_share(result.assignments, client_weights(weights, len(units)), result.num_global)
+        out_loc, out_scale = _loc_scale(result.distributions()["out"])
+        share = share.to(out_loc).unsqueeze(-1)
+        return out_loc * share, out_scale * share
+    columns = [unit_components({"out": u["out"]}, point_scale) for u in units]
+    class_weights = torch.as_tensor(class_weights, dtype=torch.float64)
+    out_loc, out_scale = _classwise_columns(
+        columns, result.assignments, class_weights, result.num_global, direction
+    )
+    # a class none of the unit's clients saw: no connection (as for absent ones)
+    return out_loc, out_scale.nan_to_num(absent_scale)
+
+
+def output_bias(
+    posteriors: Sequence[Mapping[str, dist.Distribution]],
+    weights: Union[Sequence[float], Tensor, None],
+    class_weights: Optional[Tensor],
+    direction: str,
+    point_scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """
+    The fused output bias ``(loc, scale)`` ``[C]``: the weighted KL barycenter of the clients'
+    biases, or with ``class_weights`` ``[J, C]`` class ``c``'s from the clients that saw ``c``,
+    like its weights (:func:`output_columns`).
+
+    :param list posteriors: per client, site name -> distribution.
+    :param weights: client weights.
+    :param Tensor class_weights: optional ``[J, C]`` per-class client weights.
+    :param str direction: KL direction.
+    :param float point_scale: read point estimates (see :func:`unit_components`).
+    """
+    bias_loc, bias_scale = (torch.stack(t) for t in zip(*(_loc_scale(p["output.bias"]) for p in posteriors)))
+    if class_weights is None:
+        bias_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
+        shared = barycenter(unit_components({"bias": (bias_loc, bias_scale)}, point_scale), bias_weights, direction)
+        return tuple(t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"]))
+    biases = [unit_components({"out": (loc[None], scale[None])}, point_scale) for loc, scale in zip(bias_loc, bias_scale)]
+    class_weights = torch.as_tensor(class_weights, dtype=torch.float64)
+    one_unit = [torch.zeros(1, dtype=torch.long)] * len(posteriors)
+    loc, scale = _classwise_columns(biases, one_unit, class_weights, 1, direction)
+    return loc.squeeze(0), scale.squeeze(0)
+
+
+def write_mlp(
+    fused: Units, in_features: int, out_features: int, prior_scale: float, point: bool
+) -> Tuple[BayesianMLP, PyroModule, Dict[str, dist.Distribution]]:
+    """
+    Write-back: the fused network of the fused widths, a guide holding the fused posterior
+    (:func:`~pyro_fusion.models.bnn.normal_guide`, or :func:`~pyro_fusion.models.bnn.delta_guide`
+    for point estimates) and the posterior, site name -> ``Normal`` (``Delta``).
+
+    :param dict fused: site name -> fused ``(loc, scale)`` of the site's shape.
+    :param int in_features: inputs.
+    :param int out_features: classes.
+    :param float prior_scale: the network's prior scale.
+    :param bool point: write point estimates.
+    """
+    widths = []
+    while f"hidden.{len(widths)}.bias" in fused:
+        widths.append(len(fused[f"hidden.{len(widths)}.bias"][0]))
+    model = BayesianMLP(in_features, hidden=widths, out_features=out_features, prior_scale=prior_scale)
+    if point:
+        values = {name: loc.contiguous() for name, (loc, _) in fused.items()}
+        posterior = {name: dist.Delta(v, event_dim=v.dim()) for name, v in values.items()}
+        return model, delta_guide(model, values), posterior
+    posterior = {name: dist.Normal(loc.contiguous(), scale.contiguous()) for name, (loc, scale) in fused.items()}
+    return model, normal_guide(model, posterior), posterior
+
+
+class MLPAdapter(FusionAdapter):
+    """
+    Fusion of Bayesian MLPs, layer by layer (see the module docstring).
+
+    KL-fusion weighs every weight by its posterior precision, so the guides' scales should be
+    trained, not still on their way from ``init_scale`` (README, "Bayesian neural networks").
+
+    :param float prior_scale: the clients' prior scale, used for units a client lacks.
+    :param float point_scale: if given, fuse the posterior *means* only, read as
+        :class:`~pyro_fusion.expfam.PointMass` with this scale (the point-estimate variant);
+        the result is a point estimate with an :class:`~pyro.infer.autoguide.AutoDelta` guide.
+    :param float absent_scale: scale of the fused weights between two global units that no
+        client matched to both has (their barycenter would be the prior; they are set to mean
+        0 with this small scale, so the fused network is the union of the clients' connections
+        rather than one with prior-noise weights), and of output weights to a class that none
+        of the unit's clients saw (with ``class_counts``).
+    :param class_counts: optional ``[clients, classes]`` numbers of training examples of
+        each class (the clients' label histograms): each class's logit becomes the average of
+        the clients' logits for it weighted by how many of its examples they saw
+        (:func:`output_columns`, :func:`output_bias`); classes no client saw use the client
+        weights. Needs ``combine="average"``. Clients trained under the label-shift likelihood
+        (:class:`~pyro_fusion.models.bnn.BayesianMLP` with ``label_prior``) fuse about as well
+        without them.
+    :param engine_options: ``combine`` (``"average"``, the KL barycenter, or ``"product"``: the
+        product of the clients' posteriors divided by the shared prior counted once),
+        ``max_sweeps``, ``dtype`` of :func:`~pyro_fusion.fuse`.
+    """
+
+    family = "MLP"
+    price_rules = PRICE_RULES
+
+    def __init__(
+        self,
+        *,
+        prior_scale: float = 1.0,
+        point_scale: Optional[float] = None,
+        absent_scale: float = 1e-3,
+        class_counts: Union[Sequence[Sequence[float]], Tensor, None] = None,
+        **engine_options,
+    ):
+        super().__init__(**engine_options)
+        if not prior_scale > 0:
+            raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+        if class_counts is not None and engine_options.get("combine", "average") != "average":
+            raise ValueError('class_counts needs combine="average"')
+        self.prior_scale = prior_scale
+        self.point_scale = point_scale
+        self.absent_scale = absent_scale
+        self.class_counts = class_counts
+
+    @classmethod
+    def old_arguments(cls, weights, price, family_options):
+        """Before 0.2: ``price_rule=rule`` and ``price_scale=s``, now ``price=Price(rule, s)``
+        (an explicit ``price=`` still wins over both)."""
+        rule, scale = family_options.pop("price_rule", None), family_options.pop("price_scale", None)
+        if rule is not None or scale is not None:
+            new = f"price=Price({rule!r}, scale={1.0 if scale is None else scale})"
+            warn("fuse_mlps(price_rule=..., price_scale=...)", new if price is None else "price= alone", stacklevel=4)
+            if rule is not None and rule not in PRICE_RULES:
+                raise ValueError(f"unknown price_rule {rule!r}; expected one of {PRICE_RULES}")
+            if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+                raise ValueError(f"price_scale must be positive, got {scale}")
+            if price is None:
+                price = Price(rule, 1.0 if scale is None else scale)
+        return weights, price
+
+    def read(self, local_models: Sequence[Any]) -> List[Dict[str, dist.Distribution]]:
+        """Per client, site name -> distribution: the dict itself, or
+        :func:`~pyro_fusion.models.bnn.normal_posterior` of a trained AutoNormal guide."""
+        posteriors = [m if isinstance(m, Mapping) else normal_posterior(m) for m in local_models]
+        _check_clients(posteriors)
+        return posteriors
+
+    def layout(self, local_model: Any) -> Layout:
+        """Hidden unit ``u`` of layer ``k``: ``hidden.k.weight`` and ``hidden.k.bias`` along dimension 0
+        (and ``output.weight`` along dimension 1 for the last layer), in matching stage ``k``."""
+        posterior = local_model if isinstance(local_model, Mapping) else normal_posterior(local_model)
+        depth = _num_hidden(posterior, 0)
+        components, stages = {"output.weight": 1}, {"output.weight": depth - 1}
+        for k in range(depth):
+            for part in ("weight", "bias"):
+                components[f"hidden.{k}.{part}"] = 0
+                stages[f"hidden.{k}.{part}"] = k
+        return Layout(components, stages=stages)
+
+    def match(self, local: List[Dict[str, dist.Distribution]], weights, settings: FuseSettings):
+        depth = _num_hidden(local[0], 0)
+        prices, widths = settings.per_stage("price", depth), settings.per_stage("num_global", depth)
+        class_weights = None
+        if self.class_counts is not None:
+            num_classes = _shape(local[0]["output.weight"])[0]
+            class_weights = _output_weights(weights, self.class_counts, len(local), num_classes)
+        fused: Units = {}
+        results: List[FusionResult] = []
+        assignments: Optional[List[Tensor]] = None
+        num_previous = _shape(local[0]["hidden.0.weight"])[1]
+        for k in tqdm(range(depth), desc="MLP layers", disable=not settings.progress):
+            units = [
+                layer_units(post, k, self.prior_scale, None if assignments is None else assignments[j], num_previous)
+                for j, post in enumerate(local)
+            ]
+            result = match_layer(
+                units, weights, price=prices[k], num_global=widths[k], prior_scale=self.prior_scale,
+                point_scale=self.point_scale, direction=settings.direction, seed=settings.seed, **self.engine_options,
+            )
+            results.append(result)
+            for name, value in fused_layer(result, assignments, num_previous, self.absent_scale).items():
+                fused[f"hidden.{k}.{name}"] = value
+            if k == depth - 1:
+                out_loc, out_scale = output_columns(
+                    result, units, weights, class_weights, settings.direction, self.absent_scale, self.point_scale
+                )
+                fused["output.weight"] = (out_loc.T, out_scale.T)
+            assignments, num_previous = result.assignments, result.num_global
+        fused["output.bias"] = output_bias(local, weights, class_weights, settings.direction, self.point_scale)
+        return fused, results
+
+    def write(self, matched, local: List[Dict[str, dist.Distribution]], settings: FuseSettings) -> FusedModel:
+        fused, results = matched
+        ref = local[0]
+        model, guide, posterior = write_mlp(
+            fused, _shape(ref["hidden.0.weight"])[1], _shape(ref["output.weight"])[0], self.prior_scale,
+            self.point_scale is not None,
+        )
+        return FusedModel(
+            posterior, results, model=model, guide=guide, assignments=[r.assignments for r in results],
+            legacy=(model, guide, posterior, results),
+        )
+
+
+fuse_mlps = front_door(
+    MLPAdapter,
+    "fuse_mlps",
+    """
+Fuses the mean-field posteriors of several clients' Bayesian MLPs into one network
+(:class:`MLPAdapter`).
+
+Example::
+
+    >>> from pyro_fusion.models.bnn import BayesianMLP, normal_posterior, train_svi
+    >>> from pyro.infer.autoguide import AutoNormal
+    >>> x, y = torch.randn(40, 5), torch.randint(3, (40,))
+    >>> posteriors = []
+    >>> for j in range(2):
+    ...     model = BayesianMLP(5, hidden=(4,), out_features=3)
+    ...     guide = AutoNormal(model)
+    ...     _ = train_svi(model, guide, x, y, num_epochs=1, batch_size=20, seed=j)
+    ...     posteriors.append(normal_posterior(guide))
+    >>> fused = fuse_mlps(posteriors, weights=[40, 40])
+    >>> fused.model.widths[0] >= 4, fused.posterior["output.weight"].loc.shape[0]
+    (True, 3)
+    >>> skewed = fuse_mlps(posteriors, class_counts=[[30, 10, 0], [0, 10, 30]])
+    >>> skewed.model.widths == fused.model.widths
+    True
+    >>> fuse_mlps(posteriors, price=Price("location", scale=1e6)).num_global  # a dear unit: merge
+    [4]
+
+:param list local_models: per client, site name -> ``Normal(loc, scale)`` of the site's
+    shape (e.g. :func:`~pyro_fusion.models.bnn.normal_posterior` of its AutoNormal guide),
+    or the trained AutoNormal guide. Clients may have different hidden widths but the same
+    depth, inputs and classes.
+:param weights: positive client weights (e.g. data sizes), uniform by default.
+:param str direction: KL direction, see :func:`~pyro_fusion.fuse`.
+:param num_global: parametric mode: fused width, one for all layers or one per layer.
+:param price: price of a global unit, one for all hidden layers or one per layer: a number,
+    ``"location"`` (default) or ``"prior"`` (:func:`match_layer`), a :class:`~pyro_fusion.Price`
+    of those with a ``scale`` (below 1 keeps more units, above 1 merges more), or a rule name
+    of :func:`~pyro_fusion.fuse`.
+:param int seed: seed of :func:`~pyro_fusion.fuse`.
+:param bool progress: show a progress bar over the layers.
+:param family_options: :class:`MLPAdapter` options (``prior_scale``, ``point_scale``,
+    ``absent_scale``, ``class_counts``, ``combine``, ``max_sweeps``, ``dtype``). Before 0.2,
+    ``price_rule=rule`` and ``price_scale=s`` (now ``price=Price(rule, s)``).
+:return: a :class:`~pyro_fusion.adapters.base.FusedModel`: the fused ``model`` (learned
+    widths), its ``guide`` (AutoNormal with the fused locs and scales, or AutoDelta), the
+    ``posterior`` (site name -> ``Normal`` or ``Delta``) and one ``result`` per hidden layer.
+""",
+)
 def _num_hidden(posterior: Dict[str, dist.Distribution], j: int) -> int:
     k = 0
     while f"hidden.{k}.weight" in posterior:
@@ -216,243 +648,6 @@ def _loc_scale(d: dist.Distribution):
     return d.mean.detach(), d.stddev.detach()
 
 
-def fuse_mlps(
-    posteriors: Sequence[Dict[str, dist.Distribution]],
-    weights: Union[Sequence[float], Tensor, None] = None,
-    *,
-    prior_scale: float = 1.0,
-    point_scale: Optional[float] = None,
-    direction: str = "reverse",
-    combine: str = "average",
-    price: Union[float, Sequence[float], None] = None,
-    price_rule: str = "location",
-    price_scale: float = 1.0,
-    num_global: Union[int, Sequence[int], None] = None,
-    absent_scale: float = 1e-3,
-    class_counts: Union[Sequence[Sequence[float]], Tensor, None] = None,
-    seed: int = 0,
-) -> FusedMLP:
-    """
-    Fuses the mean-field posteriors of several clients' Bayesian MLPs into one network.
-
-    KL-fusion weighs every weight by its posterior precision, so the guides' scales should be
-    trained, not still on their way from ``init_scale``: Adam moves each unconstrained scale
-    (about its log while small) by about ``lr`` per step, so a guide stopped after a few
-    hundred steps from a small ``init_scale`` has nearly one scale for all its weights, set by
-    its number of steps rather than its data, and the clients with the fewest steps count most
-    (README, ``benchmarks/bnn_fusion.py --min-steps``; the point-estimate variant,
-    ``point_scale``, ignores the scales).
-
-    Example::
-
-        >>> from pyro_fusion.models.bnn import BayesianMLP, normal_posterior, train_svi
-        >>> from pyro.infer.autoguide import AutoNormal
-        >>> x, y = torch.randn(40, 5), torch.randint(3, (40,))
-        >>> posteriors = []
-        >>> for j in range(2):
-        ...     model = BayesianMLP(5, hidden=(4,), out_features=3)
-        ...     guide = AutoNormal(model)
-        ...     _ = train_svi(model, guide, x, y, num_epochs=1, batch_size=20, seed=j)
-        ...     posteriors.append(normal_posterior(guide))
-        >>> fused = fuse_mlps(posteriors, weights=[40, 40])
-        >>> fused.model.widths[0] >= 4, fused.posterior["output.weight"].loc.shape[0]
-        (True, 3)
-        >>> skewed = fuse_mlps(posteriors, class_counts=[[30, 10, 0], [0, 10, 30]])
-        >>> skewed.model.widths == fused.model.widths
-        True
-
-    :param list posteriors: per client, site name -> ``Normal(loc, scale)`` of the site's
-        shape, e.g. :func:`~pyro_fusion.models.bnn.normal_posterior` of its AutoNormal guide.
-        Clients may have different hidden widths but the same depth, inputs and classes.
-    :param weights: positive client weights (e.g. data sizes), uniform by default.
-    :param float prior_scale: the clients' prior scale, used for units a client lacks.
-    :param float point_scale: if given, fuse the posterior *means* only, read as
-        :class:`~pyro_fusion.expfam.PointMass` with this scale (the point-estimate variant);
-        the result is a point estimate with an :class:`~pyro.infer.autoguide.AutoDelta` guide.
-        With a default price (either rule) the result does not depend on ``point_scale``: the
-        costs and the price both scale as ``1 / point_scale**2``.
-    :param str direction: KL direction, see :func:`~pyro_fusion.fuse`.
-    :param price: price of a global unit, one for all hidden layers or one per layer;
-        by default set by ``price_rule``.
-    :param str price_rule: the default price of a layer, the median over the clients' local
-        units ``l`` of ``w_j D_l`` (client weights normalised to mean 1) with
-
-        - ``"location"``: ``D_l = sum (loc / scale)**2 / 2`` over the unit's fields, i.e.
-          ``KL(q_l || Normal(0, scale_l))``: how far the unit is from the prior's *location*,
-          measured in its own scales (``point_scale`` for point estimates, where this is the
-          same as ``"prior"``). A matched partner shares the unit's precision, so only its
-          location is what the unit is worth beyond the prior.
-        - ``"prior"``: ``D_l = KL(q_l || Normal(0, prior_scale))``
-          (:func:`~pyro_fusion.default_price` with the prior as ``p0``). It also counts the
-          information in the scales, ``log(prior_scale / scale)`` per weight. For trained MLPs,
-          whose weights are small against ``prior_scale`` and confident, this term dominates
-          and the price merges far more units (``benchmarks/bnn_fusion.py``, heterogeneous
-          MNIST, 10 clients of 100 units: fused width 202 and test accuracy 0.868, against
-          793 and 0.915 with ``"location"``).
-    :param float price_scale: multiplies the default price (ignored when ``price`` is given);
-        below 1 keeps more units (wider, closer to the clients' ensemble), above 1 merges more.
-    :param str combine: how matched units are combined, see :func:`~pyro_fusion.fuse`:
-        ``"average"`` (KL barycenter) or ``"product"`` (product of the clients' posteriors
-        divided by the shared prior ``Normal(0, prior_scale)`` counted once).
-    :param num_global: parametric mode: fused width, one for all layers or one per layer.
-    :param float absent_scale: scale of the fused weights between two global units that no
-        client matched to both has (their barycenter would be the prior; they are set to mean
-        0 with this small scale, so the fused network is the union of the clients' connections
-        rather than one with prior-noise weights), and of output weights to a class that none
-        of the unit's clients saw (with ``class_counts``).
-    :param class_counts: optional ``[clients, classes]`` numbers of training examples of
-        each class (the clients' label histograms). The fused output weights to class ``c``
-        are then the barycenter of the matched clients' weights to ``c`` weighted by their
-        numbers of class-``c`` examples, times the share of *that class's* examples held by
-        those clients (instead of client weights and shares of all examples): each class's
-        logit is the average of the clients' logits for it weighted by how many of its
-        examples they saw, so clients that never saw a class do not vote against it (the
-        output bias of class ``c`` is likewise their barycenter weighted by those counts). Classes
-        no client saw use ``weights``. Needs ``combine="average"``. (Heterogeneous MNIST:
-        ``benchmarks/bnn_fusion.py``, row ``fused_class_counts``.) Clients trained under
-        the label-shift likelihood (:class:`~pyro_fusion.models.bnn.BayesianMLP` with
-        ``label_prior``) fuse about as well without them.
-    :param int seed: seed of :func:`~pyro_fusion.fuse`.
-    :rtype: FusedMLP
-    """
-    depth = _check_clients(posteriors)
-    if not prior_scale > 0:
-        raise ValueError(f"prior_scale must be positive, got {prior_scale}")
-    if price_rule not in PRICE_RULES:
-        raise ValueError(f"unknown price_rule {price_rule!r}; expected one of {PRICE_RULES}")
-    if not price_scale > 0:
-        raise ValueError(f"price_scale must be positive, got {price_scale}")
-    prices = list(price) if isinstance(price, (list, tuple)) else [price] * depth
-    widths = list(num_global) if isinstance(num_global, (list, tuple)) else [num_global] * depth
-    if len(prices) != depth or len(widths) != depth:
-        raise ValueError(f"price and num_global need one value per hidden layer ({depth})")
-    point = point_scale is not None
-    if class_counts is not None:
-        if combine != "average":
-            raise ValueError('class_counts needs combine="average"')
-        num_classes = _shape(posteriors[0]["output.weight"])[0]
-        output_weights = _output_weights(weights, class_counts, len(posteriors), num_classes)
-
-    def field(loc: Tensor, scale: Tensor, event_dim: int) -> dist.Distribution:
-        if point:
-            return dist.Delta(loc, event_dim=event_dim)
-        return dist.Normal(loc, scale)
-
-    def units(parts: Dict[str, tuple]) -> Components:
-        """Components from ``(loc, scale)`` per field, the first dim indexing units."""
-        return Components.from_distributions(
-            {name: field(loc, scale, loc.dim() - 1) for name, (loc, scale) in parts.items()},
-            point_scale=point_scale,
-        )
-
-    fused: Dict[str, tuple] = {}
-    results: List[FusionResult] = []
-    assignments: Optional[List[Tensor]] = None
-    num_prev = _shape(posteriors[0]["hidden.0.weight"])[1]
-    for k in range(depth):
-        last = k == depth - 1
-        clients, unit_fields = [], []
-        for j, post in enumerate(posteriors):
-            w_loc, w_scale = _loc_scale(post[f"hidden.{k}.weight"])
-            if assignments is not None:
-                w_loc = _reindex(w_loc, assignments[j], num_prev, 0.0)
-                w_scale = _reindex(w_scale, assignments[j], num_prev, prior_scale)
-            parts = {"weight": (w_loc, w_scale), "bias": _loc_scale(post[f"hidden.{k}.bias"])}
-            if last:
-                out_loc, out_scale = _loc_scale(post["output.weight"])
-                parts["out"] = (out_loc.T, out_scale.T)
-            clients.append(units(parts))
-            unit_fields.append(parts)
-        prior = units(
-            {
-                name: (
-                    torch.zeros((1,) + loc.shape[1:]),
-                    torch.full((1,) + loc.shape[1:], prior_scale),
-                )
-                for name, (loc, _) in parts.items()
-            }
-        )
-        layer_price = prices[k]
-        if layer_price is None and widths[k] is None:
-            if price_rule == "prior":
-                layer_price = default_price(clients, weights, direction, prior)
-            else:
-                layer_price = _location_price(unit_fields, weights, point_scale)
-            layer_price *= price_scale
-        result = fuse(
-            clients,
-            weights,
-            direction=direction,
-            combine=combine,
-            price=layer_price,
-            num_global=widths[k],
-            prior=prior,
-            seed=seed,
-        )
-        results.append(result)
-        global_fields = result.distributions()
-        w_loc, w_scale = _loc_scale(global_fields["weight"])
-        if assignments is not None:
-            seen = _connections(assignments, result.assignments, num_prev, result.num_global)
-            w_loc = w_loc.masked_fill(~seen, 0.0)
-            w_scale = w_scale.masked_fill(~seen, absent_scale)
-        fused[f"hidden.{k}.weight"] = (w_loc, w_scale)
-        fused[f"hidden.{k}.bias"] = _loc_scale(global_fields["bias"])
-        if last:
-            if class_counts is None:
-                share = _client_share(
-                    result.assignments, client_weights(weights, len(posteriors)), result.num_global
-                )
-                out_loc, out_scale = _loc_scale(global_fields["out"])
-                share = share.to(out_loc).unsqueeze(-1)
-                out_loc, out_scale = out_loc * share, out_scale * share
-            else:
-                columns = [
-                    Components({"out": (c["out"].family, c["out"].natural)}) for c in clients
-                ]
-                out_loc, out_scale = _classwise_columns(
-                    columns, result.assignments, output_weights, result.num_global, direction
-                )
-                # a class none of the unit's clients saw: no connection (as for absent ones)
-                out_scale = out_scale.nan_to_num(absent_scale)
-            fused["output.weight"] = (out_loc.T, out_scale.T)
-        assignments, num_prev = result.assignments, result.num_global
-
-    bias_loc, bias_scale = (
-        torch.stack(t) for t in zip(*(_loc_scale(p["output.bias"]) for p in posteriors))
-    )
-    if class_counts is None:
-        bias_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
-        shared = barycenter(units({"bias": (bias_loc, bias_scale)}), bias_weights, direction)
-        fused["output.bias"] = tuple(
-            t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"])
-        )
-    else:  # class c's bias from the clients that saw c, like its weights
-        biases = [units({"out": (loc[None], scale[None])}) for loc, scale in zip(bias_loc, bias_scale)]
-        one_unit = [torch.zeros(1, dtype=torch.long)] * len(posteriors)
-        loc, scale = _classwise_columns(biases, one_unit, output_weights, 1, direction)
-        fused["output.bias"] = (loc.squeeze(0), scale.squeeze(0))
-
-    ref = posteriors[0]
-    model = BayesianMLP(
-        _shape(ref["hidden.0.weight"])[1],
-        hidden=[r.num_global for r in results],
-        out_features=_shape(ref["output.weight"])[0],
-        prior_scale=prior_scale,
-    )
-    if point:
-        values = {name: loc.contiguous() for name, (loc, _) in fused.items()}
-        posterior = {name: dist.Delta(v, event_dim=v.dim()) for name, v in values.items()}
-        guide = delta_guide(model, values)
-    else:
-        posterior = {
-            name: dist.Normal(loc.contiguous(), scale.contiguous())
-            for name, (loc, scale) in fused.items()
-        }
-        guide = normal_guide(model, posterior)
-    return FusedMLP(model, guide, posterior, results)
-
-
 def naive_average(
     posteriors: Sequence[Dict[str, dist.Normal]],
     weights: Union[Sequence[float], Tensor, None] = None,
@@ -490,3 +685,7 @@ def naive_average(
         shape = (-1,) + (1,) * len(shapes[name])
         average[name] = dist.Normal((w.view(shape) * locs).sum(0), (w.view(shape) * scales).sum(0))
     return average
+
+
+#: names that changed (kept for one release)
+__getattr__ = moved(__name__, {"FusedMLP": "pyro_fusion.adapters.base:FusedModel"})

@@ -15,8 +15,8 @@ matched; they are rebuilt after matching (docs/guide/method, "Sites indexed by c
 a simplex"): each client's expected transition counts ``xi_j[k, k']`` (and expected
 initial-state counts) are scattered into the global state space through its assignment and
 summed over clients; entries that no client saw (no client has both states) get the prior's
-Dirichlet concentration instead; rows are then normalised. Fusing identical clients therefore returns the clients' own count-based
-transition matrix exactly when every entry is seen.
+Dirichlet concentration instead; rows are then normalised. Fusing identical clients therefore
+returns the clients' own count-based transition matrix exactly when every entry is seen.
 
 Fusion is one-shot. :func:`refine_hmm` then runs rounds of federated EM from the fused HMM:
 each client computes expected sufficient statistics of its own sequences under the global
@@ -24,16 +24,32 @@ HMM (:func:`hmm_statistics`: per-state sums, no frames) and the server re-estima
 from their sum (:func:`em_update`).
 """
 
-from dataclasses import dataclass
+from __future__ import annotations
+
+import functools
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import Normal
+from tqdm.auto import tqdm
 
 from ..components import Components
+from ..deprecation import moved, rename_kwargs, warn
 from ..fusion import FusionResult, fuse, spread_price
+from ..models.hmm import FittedHMM, HMMParams, HMMPrior, forward_backward, gaussian_hmm_model
 from ..simplex import rebuild_simplex
-from ..models.hmm import FittedHMM, HMMParams, HMMPrior, forward_backward
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, engine_price, front_door
+
+__all__ = [
+    "HMMAdapter",
+    "HMMReadout",
+    "HMMStatistics",
+    "em_update",
+    "fuse_hmms",
+    "hmm_components",
+    "hmm_statistics",
+    "refine_hmm",
+]
 
 
 def hmm_components(fit: FittedHMM, states: Optional[torch.Tensor] = None) -> Components:
@@ -61,50 +77,36 @@ def hmm_components(fit: FittedHMM, states: Optional[torch.Tensor] = None) -> Com
     )
 
 
-@dataclass
-class FusedHMM:
+class HMMReadout(NamedTuple):
     """
-    The global HMM returned by :func:`fuse_hmms`.
+    One client's HMM as :meth:`HMMAdapter.read` reads it: the states it keeps and what fusion
+    needs of them.
 
-    :param HMMParams params: global point parameters (emission means: posterior means of
-        the fused ``loc`` field; emission scales: ``exp`` of the fused ``log_scale`` means,
-        i.e. medians; ``init`` and ``trans`` rebuilt from counts).
-    :param list states: per client, the local states that took part (occupied ones).
-    :param list assignments: per client, LongTensor over *all* its states: global index of
-        each state, ``-1`` for pruned states.
-    :param FusionResult result: the raw fusion result.
+    :ivar Components components: the kept states (:func:`hmm_components`).
+    :ivar Tensor states: LongTensor of the kept local states.
+    :ivar Tensor initial_counts: ``[S]`` expected first states, over the kept states.
+    :ivar Tensor transition_counts: ``[S, S]`` expected transitions between kept states.
+    :ivar int num_states: the client's number of states, kept or not.
     """
 
-    params: HMMParams
-    states: List[torch.Tensor]
-    assignments: List[torch.Tensor]
-    result: FusionResult
-
-    @property
-    def num_states(self) -> int:
-        return len(self.params.loc)
+    components: Components
+    states: torch.Tensor
+    initial_counts: torch.Tensor
+    transition_counts: torch.Tensor
+    num_states: int
 
 
-def fuse_hmms(
-    fits: Sequence[FittedHMM],
-    prior: HMMPrior = HMMPrior(),
-    min_occupancy: float = 1.0,
-    direction: str = "forward",
-    restarts: int = 10,
-    seed: int = 0,
-    **fuse_kwargs,
-) -> FusedHMM:
+class HMMAdapter(FusionAdapter):
     """
-    Fuse per-client Gaussian HMMs into one global HMM.
+    Fusion of Gaussian HMMs (:class:`~pyro_fusion.models.hmm.FittedHMM`, see the module docstring).
 
     States whose expected occupancy is below ``min_occupancy`` frames are pruned first
     (a generous ``num_states`` leaves some states nearly empty; they carry only the prior).
-    The remaining states are matched by :func:`~pyro_fusion.fuse` (keyword arguments are
-    passed on, e.g. ``price`` or ``num_global``; the default price is
-    :func:`~pyro_fusion.default_price`); the initial distribution and transition matrix are
-    rebuilt from the clients' expected counts by :func:`~pyro_fusion.simplex.rebuild_simplex`.
+    The remaining states are matched by :func:`~pyro_fusion.fuse`; the initial distribution
+    and transition matrix are rebuilt from the clients' expected counts by
+    :func:`~pyro_fusion.simplex.rebuild_simplex`.
 
-    The default ``direction="forward"`` minimises ``sum KL(local || global)`` with
+    Its default direction, ``"forward"``, minimises ``sum KL(local || global)`` with
     moment-matched globals: a global state covers the spread of its clients' states (the
     same behaviour differs between subjects by far more than one client's posterior
     uncertainty), whereas reverse-KL barycenters are as narrow as one client's posterior and
@@ -112,72 +114,120 @@ def fuse_hmms(
 
     The assignment problem is non-convex and the result depends on the order in which
     clients are matched, so fusion runs from ``restarts`` client orders (seeds ``seed``,
-    ``seed + 1``, ...) and keeps the result with the lowest objective.
+    ``seed + 1``, ...) and keeps the result with the lowest objective (``price="spread"`` is
+    computed once, so the restarts compare).
 
-    Example::
-
-        fused = fuse_hmms([fit_a, fit_b])
-        path = decode(fused.params, x)
-
-    :param list fits: the clients' :class:`~pyro_fusion.models.hmm.FittedHMM`.
     :param HMMPrior prior: the prior every client used (its concentrations fill unseen entries).
     :param float min_occupancy: pruning threshold, in expected frames.
-    :param str direction: KL direction, see above.
     :param int restarts: number of fusion runs (random client orders).
-    :param int seed: seed of the first run.
-    :rtype: FusedHMM
+    :param engine_options: ``combine``, ``max_sweeps``, ``dtype`` of :func:`~pyro_fusion.fuse`.
     """
-    states = []
-    for j, fit in enumerate(fits):
-        kept = fit.occupied(min_occupancy)
-        if kept.numel() == 0:
-            raise ValueError(
-                f"client {j}: no state has expected occupancy >= {min_occupancy} frames"
+
+    family = "HMM"
+    direction = "forward"
+
+    def __init__(
+        self, *, prior: Optional[HMMPrior] = None, min_occupancy: float = 1.0, restarts: int = 10, **engine_options
+    ):
+        super().__init__(**engine_options)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"fuse_hmms: restarts must be >= 1, got {restarts}")
+        self.prior = HMMPrior() if prior is None else prior
+        self.min_occupancy = min_occupancy
+        self.restarts = restarts
+
+    @classmethod
+    def old_arguments(cls, weights, price, family_options):
+        """Before 0.2 the prior was the second positional argument: ``fuse_hmms(fits, prior)``."""
+        if isinstance(weights, HMMPrior):
+            warn("fuse_hmms(fits, prior)", "fuse_hmms(fits, prior=prior)", stacklevel=4)
+            family_options.setdefault("prior", weights)
+            weights = None
+        return weights, price
+
+    def read(self, local_models: Sequence[FittedHMM]) -> List[HMMReadout]:
+        out = []
+        for j, fit in enumerate(local_models):
+            kept = fit.occupied(self.min_occupancy)
+            if kept.numel() == 0:
+                raise ValueError(f"client {j}: no state has expected occupancy >= {self.min_occupancy} frames")
+            out.append(HMMReadout(
+                hmm_components(fit, kept), kept, fit.initial_counts[kept], fit.transition_counts[kept][:, kept],
+                len(fit.occupancy),
+            ))
+        return out
+
+    def layout(self, local_model: FittedHMM) -> Layout:
+        """The states of :func:`~pyro_fusion.models.hmm.gaussian_hmm_model`: ``loc`` and ``scale``
+        (fused as ``log_scale``) per state, ``init`` and ``trans`` rebuilt from counts."""
+        return Layout({"loc": 0, "scale": 0}, simplex={"init": (0,), "trans": (0, 1)})
+
+    def match(self, local: List[HMMReadout], weights, settings: FuseSettings) -> FusionResult:
+        clients = [r.components for r in local]
+        price = engine_price(settings.single("price"))
+        if price == "spread":  # one price for all restarts, so they compare
+            price = spread_price(clients, weights, direction=settings.direction, seed=settings.seed)
+        runs = [
+            fuse(
+                clients, weights, direction=settings.direction, num_global=settings.single("num_global"),
+                price=price, seed=settings.seed + r, **self.engine_options,
             )
-        states.append(kept)
-    clients = [hmm_components(fit, kept) for fit, kept in zip(fits, states)]
-    if restarts < 1:
-        raise ValueError(f"fuse_hmms: restarts must be >= 1, got {restarts}")
-    if fuse_kwargs.get("price") == "spread":  # one price for all restarts, so they compare
-        fuse_kwargs["price"] = spread_price(clients, direction=direction, seed=seed)
-    runs = [
-        fuse(clients, direction=direction, seed=seed + r, **fuse_kwargs)
-        for r in range(restarts)
-    ]
-    result = min(runs, key=lambda run: run.objective[-1])
-    num_global = result.num_global
-    emission = result.distributions()
-    ones = torch.ones(len(fits))
-    init = rebuild_simplex(
-        [fit.initial_counts[kept] for fit, kept in zip(fits, states)],
-        [0],
-        result.assignments,
-        ones,
-        num_global,
-        torch.full((num_global,), prior.init_concentration),
-    )
-    trans = rebuild_simplex(
-        [fit.transition_counts[kept][:, kept] for fit, kept in zip(fits, states)],
-        [0, 1],
-        result.assignments,
-        ones,
-        num_global,
-        prior.transition_concentration_matrix(num_global),
-    )
-    params = HMMParams(
-        init=init,
-        trans=trans,
-        loc=emission["loc"].mean,
-        scale=emission["log_scale"].mean.exp(),
-    )
-    assignments = []
-    for fit, kept, a in zip(fits, states, result.assignments):
-        full = torch.full((len(fit.occupancy),), -1, dtype=torch.long)
-        full[kept] = a
-        assignments.append(full)
-    return FusedHMM(params, states, assignments, result)
+            for r in tqdm(range(self.restarts), desc="HMM fusion restarts", disable=not settings.progress)
+        ]
+        return min(runs, key=lambda run: run.objective[-1])
+
+    def write(self, result: FusionResult, local: List[HMMReadout], settings: FuseSettings) -> FusedModel:
+        num_global = result.num_global
+        emission = result.distributions()
+        ones = torch.ones(len(local))
+        init = rebuild_simplex(
+            [r.initial_counts for r in local], [0], result.assignments, ones, num_global,
+            torch.full((num_global,), self.prior.init_concentration),
+        )
+        trans = rebuild_simplex(
+            [r.transition_counts for r in local], [0, 1], result.assignments, ones, num_global,
+            self.prior.transition_concentration_matrix(num_global),
+        )
+        params = HMMParams(init=init, trans=trans, loc=emission["loc"].mean, scale=emission["log_scale"].mean.exp())
+        assignments = []
+        for r, a in zip(local, result.assignments):
+            full = torch.full((r.num_states,), -1, dtype=torch.long)
+            full[r.states] = a
+            assignments.append(full)
+        model = functools.partial(gaussian_hmm_model, num_states=num_global, prior=self.prior)
+        return FusedModel(emission, result, model=model, params=params, assignments=assignments)
 
 
+fuse_hmms = front_door(
+    HMMAdapter,
+    "fuse_hmms",
+    """
+Fuse per-client Gaussian HMMs into one global HMM (:class:`HMMAdapter`).
+
+Example::
+
+    fused = fuse_hmms([fit_a, fit_b], prior=prior)
+    path = decode(fused.params, x)
+
+:param list local_models: the clients' :class:`~pyro_fusion.models.hmm.FittedHMM`.
+:param weights: client weights of the emission barycenters (default uniform; the
+    transition counts carry the clients' numbers of frames).
+:param str direction: KL direction, ``"forward"`` by default (see :class:`HMMAdapter`).
+:param int num_global: a fixed number of global states (default learned).
+:param price: a number or a rule name of :func:`~pyro_fusion.fuse`; default
+    :func:`~pyro_fusion.default_price`.
+:param int seed: seed of the first restart.
+:param bool progress: show a progress bar over the restarts.
+:param family_options: :class:`HMMAdapter` options (``prior``, ``min_occupancy``,
+    ``restarts``, ``combine``, ``max_sweeps``, ``dtype``).
+:return: a :class:`~pyro_fusion.adapters.base.FusedModel`: ``params`` (emission means:
+    posterior means of the fused ``loc`` field; emission scales: ``exp`` of the fused
+    ``log_scale`` means, i.e. medians; ``init`` and ``trans`` rebuilt from counts),
+    ``assignments`` (per client, over all its states: global index, ``-1`` for pruned
+    states), ``posterior`` (the fused ``loc`` and ``log_scale`` Normals), ``result`` and
+    ``model`` (``gaussian_hmm_model`` with the global number of states).
+""",
+)
 class HMMStatistics(NamedTuple):
     """
     Expected sufficient statistics of one client's sequences under a given HMM: all a
@@ -301,12 +351,14 @@ def em_update(
     )
 
 
+@rename_kwargs("refine_hmm", {"rounds": "num_rounds"})
 def refine_hmm(
     params: HMMParams,
     client_sequences: Sequence[Sequence[torch.Tensor]],
     prior: HMMPrior = HMMPrior(),
-    rounds: int = 10,
+    num_rounds: int = 10,
     min_occupancy: float = 1.0,
+    progress: bool = False,
 ) -> Tuple[HMMParams, List[float]]:
     """
     Federated EM from a fused HMM: in each round every client computes
@@ -316,22 +368,23 @@ def refine_hmm(
 
     Example::
 
-        fused = fuse_hmms(fits, prior)
+        fused = fuse_hmms(fits, prior=prior)
         params, log_likelihoods = refine_hmm(fused.params, [[x] for x in client_data], prior)
 
     :param HMMParams params: the starting HMM (e.g. ``fuse_hmms(...).params``).
     :param list client_sequences: per client, its list of ``[T_i, D]`` sequences.
     :param HMMPrior prior: the prior every client used.
-    :param int rounds: number of EM rounds.
+    :param int num_rounds: number of EM rounds (formerly ``rounds``).
     :param float min_occupancy: see :func:`em_update`.
+    :param bool progress: show a progress bar over the rounds.
     :return: the refined HMM and the total log-likelihood before each round.
     """
-    if rounds < 0:
-        raise ValueError(f"refine_hmm: rounds must be >= 0, got {rounds}")
+    if num_rounds < 0:
+        raise ValueError(f"refine_hmm: num_rounds must be >= 0, got {num_rounds}")
     if not client_sequences:
         raise ValueError("refine_hmm: need at least one client")
     log_likelihoods = []
-    for _ in range(rounds):
+    for _ in tqdm(range(num_rounds), desc="federated EM rounds", disable=not progress):
         statistics = []
         for j, sequences in enumerate(client_sequences):
             try:
@@ -341,3 +394,7 @@ def refine_hmm(
         log_likelihoods.append(float(sum(s.log_likelihood for s in statistics)))
         params = em_update(params, statistics, prior, min_occupancy)
     return params, log_likelihoods
+
+
+#: names that changed (kept for one release)
+__getattr__ = moved(__name__, {"FusedHMM": "pyro_fusion.adapters.base:FusedModel"})

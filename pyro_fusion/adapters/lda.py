@@ -19,7 +19,7 @@ all clients share one vocabulary (agree on :func:`union_vocabulary` first and :m
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -30,6 +30,19 @@ from ..components import Components
 from ..deprecation import moved
 from ..fusion import FusionResult, fuse
 from ..models.lda import LDA
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, engine_price, front_door
+
+__all__ = [
+    "FIELD",
+    "LDAAdapter",
+    "LDAReadout",
+    "align_concentration",
+    "average_topics_by_index",
+    "fuse_lda",
+    "topic_components",
+    "topic_prior_component",
+    "union_vocabulary",
+]
 
 FIELD = "topic_words"
 
@@ -125,20 +138,32 @@ def average_topics_by_index(models: Sequence[LDA], union_vocab: Sequence[str]) -
     return clients[0].with_natural(mean)
 
 
-def fuse_lda(
-    models: Sequence[LDA],
-    weights: Optional[Sequence[float]] = None,
-    name: str = "fused",
-    **fuse_kwargs,
-) -> Tuple[LDA, FusionResult]:
+class LDAReadout(NamedTuple):
     """
-    Fuse trained client LDAs into one global LDA over the union vocabulary.
+    One client's LDA as :meth:`LDAAdapter.read` reads it.
+
+    :ivar Components components: its topics over the union vocabulary (:func:`topic_components`).
+    :ivar tuple vocab: the union vocabulary of all clients.
+    :ivar float topic_prior: the clients' shared topic prior.
+    :ivar int hidden: the width of its document encoder's hidden layer.
+    """
+
+    components: Components
+    vocab: Tuple[str, ...]
+    topic_prior: float
+    hidden: int
+
+
+class LDAAdapter(FusionAdapter):
+    """
+    Fusion of LDA topic models trained on separate corpora, with their own vocabularies (see the
+    module docstring).
 
     Matches topics across clients with :func:`~pyro_fusion.fuse` (nonparametric by default, with the topic
-    prior ``Dirichlet(topic_prior)`` as prior component, which sets the default price; pass ``num_global``,
-    ``price``, ``direction``, ``combine`` ... through ``fuse_kwargs``) and returns a new :class:`LDA` whose
-    guide is filled with the fused topics: its :meth:`~pyro_fusion.models.lda.LDA.dirichlet_guide` starts at
-    the fused concentrations (param ``"{name}.topic_concentration"``), or for AutoNormal clients its
+    prior ``Dirichlet(topic_prior)`` as prior component, which sets the default price) and writes a new
+    :class:`~pyro_fusion.models.lda.LDA` whose guide is filled with the fused topics: its
+    :meth:`~pyro_fusion.models.lda.LDA.dirichlet_guide` starts at the fused concentrations (param
+    ``"{name}.topic_concentration"``), or for AutoNormal clients its
     :meth:`~pyro_fusion.models.lda.LDA.autonormal_guide` has the fused locs and scales. The fused model's
     document encoder is untrained (encoders of different vocabularies are not comparable): score documents
     with :func:`~pyro_fusion.metrics.topics.fold_in`, or train the encoder with SVI starting from the fused guide.
@@ -148,41 +173,89 @@ def fuse_lda(
     (median KL to the prior, about 3e3): nonparametric fusion then keeps nearly every local topic. Pass
     ``num_global`` (e.g. the clients' number of topics) to force a fixed number of fused topics.
 
-    Example::
-
-        >>> from pyro_fusion.datasets import Corpus
-        >>> a = Corpus(torch.randint(0, 3, (10, 4)).float(), ("ant", "bee", "cat", "dog"))
-        >>> b = Corpus(torch.randint(0, 3, (10, 3)).float(), ("cat", "dog", "eel"))
-        >>> clients = [LDA(2, a.vocab, name="a"), LDA(2, b.vocab, name="b")]
-        >>> _ = clients[0].fit(a, num_steps=3), clients[1].fit(b, num_steps=3)
-        >>> fused, result = fuse_lda(clients, num_global=2)
-        >>> fused.vocab, fused.topic_word_matrix().shape
-        (('ant', 'bee', 'cat', 'dog', 'eel'), torch.Size([2, 5]))
-
-    :param list models: trained client models (same ``topic_prior``).
-    :param weights: client weights for the barycenters, e.g. their numbers of words.
     :param str name: parameter-name prefix of the fused model.
-    :returns: ``(fused LDA, FusionResult)``.
+    :param Components prior: the prior component (default the clients' topic prior).
+    :param engine_options: ``combine``, ``max_sweeps``, ``dtype`` of :func:`~pyro_fusion.fuse`.
     """
-    if not models:
-        raise ValueError("fuse_lda needs at least one client model")
-    priors = {m.topic_prior for m in models}
-    if len(priors) != 1:
-        raise ValueError(
-            f"the clients' topic priors differ ({sorted(priors)}); fusion assumes one shared prior"
+
+    family = "LDA"
+
+    def __init__(self, *, name: str = "fused", prior: Optional[Components] = None, **engine_options):
+        super().__init__(**engine_options)
+        self.name = name
+        self.prior = prior
+
+    def read(self, local_models: Sequence[LDA]) -> List[LDAReadout]:
+        priors = {m.topic_prior for m in local_models}
+        if len(priors) != 1:
+            raise ValueError(
+                f"the clients' topic priors differ ({sorted(priors)}); fusion assumes one shared prior"
+            )
+        union_vocab = union_vocabulary([m.vocab for m in local_models])
+        return [
+            LDAReadout(topic_components(m, union_vocab), union_vocab, m.topic_prior, m.encoder.hidden.out_features)
+            for m in local_models
+        ]
+
+    def layout(self, local_model: LDA) -> Layout:
+        """The topics: site ``topic_words``, dimension 0."""
+        return Layout({FIELD: 0})
+
+    def match(self, local: List[LDAReadout], weights, settings: FuseSettings) -> FusionResult:
+        clients = [r.components for r in local]
+        ref = local[0]
+        prior = self.prior
+        if prior is None:
+            prior = topic_prior_component(ref.topic_prior, len(ref.vocab), clients[0])
+        return fuse(
+            clients, weights, direction=settings.direction, num_global=settings.single("num_global"),
+            price=engine_price(settings.single("price")), prior=prior, seed=settings.seed, **self.engine_options,
         )
-    union_vocab = union_vocabulary([m.vocab for m in models])
-    clients = [topic_components(m, union_vocab) for m in models]
-    ref = models[0]
-    prior = topic_prior_component(ref.topic_prior, len(union_vocab), clients[0])
-    fuse_kwargs.setdefault("prior", prior)
-    result = fuse(clients, weights, **fuse_kwargs)
-    hidden = ref.encoder.hidden.out_features
-    fused = LDA(result.num_global, union_vocab, topic_prior=ref.topic_prior, hidden=hidden, name=name)
-    fused.load_topic_posterior(result.distributions()[FIELD])
-    return fused, result
+
+    def write(self, result: FusionResult, local: List[LDAReadout], settings: FuseSettings) -> FusedModel:
+        ref = local[0]
+        fused = LDA(result.num_global, ref.vocab, topic_prior=ref.topic_prior, hidden=ref.hidden, name=self.name)
+        topics = result.distributions()[FIELD]
+        fused.load_topic_posterior(topics)
+        return FusedModel(
+            {FIELD: topics}, result, model=fused, guide=fused.guide, assignments=result.assignments,
+            legacy=(fused, result),
+        )
 
 
+fuse_lda = front_door(
+    LDAAdapter,
+    "fuse_lda",
+    """
+Fuse trained client LDAs into one global LDA over the union vocabulary (:class:`LDAAdapter`).
+
+Example::
+
+    >>> from pyro_fusion.datasets import Corpus
+    >>> a = Corpus(torch.randint(0, 3, (10, 4)).float(), ("ant", "bee", "cat", "dog"))
+    >>> b = Corpus(torch.randint(0, 3, (10, 3)).float(), ("cat", "dog", "eel"))
+    >>> clients = [LDA(2, a.vocab, name="a"), LDA(2, b.vocab, name="b")]
+    >>> _ = clients[0].fit(a, num_steps=3), clients[1].fit(b, num_steps=3)
+    >>> fused = fuse_lda(clients, num_global=2)
+    >>> fused.model.vocab, fused.model.topic_word_matrix().shape
+    (('ant', 'bee', 'cat', 'dog', 'eel'), torch.Size([2, 5]))
+
+:param list local_models: trained client models (same ``topic_prior``).
+:param weights: client weights for the barycenters, e.g. their numbers of words.
+:param str direction: KL direction (see :func:`~pyro_fusion.fuse`).
+:param int num_global: a fixed number of global topics (default learned).
+:param price: a number or a rule name of :func:`~pyro_fusion.fuse`; default the median KL of a
+    topic to the topic prior.
+:param int seed: seed of the matching.
+:param bool progress: accepted for the common signature (fusing topics is quick).
+:param family_options: :class:`LDAAdapter` options (``name``, ``prior``, ``combine``,
+    ``max_sweeps``, ``dtype``).
+:return: a :class:`~pyro_fusion.adapters.base.FusedModel` with the fused ``model`` (an
+    :class:`~pyro_fusion.models.lda.LDA`), its ``guide``, the ``posterior``
+    ``{"topic_words": topics}`` and the ``result``. (Before 0.2 it returned
+    ``(model, result)``; unpacking it so still works, with a warning.)
+""",
+)
 def topic_prior_component(topic_prior: float, vocab_size: int, like: Components) -> Components:
     """
     The symmetric topic prior ``Dirichlet(topic_prior * 1_V)`` as one component of the same kind as ``like``:

@@ -23,7 +23,7 @@ sequence, averaged), ``kmeans`` (k-means
 with k = 12 on the local emission means; each local decoding relabelled by the cluster of
 its state), ``pooled`` (one HMM fitted on all sequences at once, what a party holding all
 the data would do), ``fused`` (one-shot: the fused HMM as it comes out of fusion) and
-``fused_em`` (the fused HMM after ``em_rounds`` rounds of federated EM,
+``fused_em`` (the fused HMM after ``num_rounds`` rounds of federated EM,
 :func:`~pyro_fusion.adapters.hmm.refine_hmm`: each client sends only per-state sums of its
 features under the current global HMM). ``local_on_all_best`` / ``local_on_all_mean``: each
 local model decoding *all* sequences, scored like the fused model (the best one and the
@@ -44,12 +44,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy.cluster.vq import kmeans2
 from tqdm.auto import tqdm
 
 from ..adapters.hmm import fuse_hmms, refine_hmm
 from ..datasets import load_mocap6
+from ..deprecation import rename_kwargs
 from ..metrics import adjusted_rand_index, best_matching_accuracy, match_labels
+from ..models.clustering import kmeans
 from ..models.hmm import FittedHMM, HMMPrior, decode, fit_gaussian_hmm, single_threaded
 
 __all__ = [
@@ -146,21 +147,21 @@ def kmeans_baseline(
     seed: int,
 ) -> List[torch.Tensor]:
     """
-    Cluster the local emission means of the kept states with k-means and relabel each
-    local Viterbi path by the cluster of its states.
+    Cluster the local emission means of the kept states with k-means
+    (:func:`~pyro_fusion.models.clustering.kmeans`) and relabel each local Viterbi path by
+    the cluster of its states.
 
     :param list fits: local models.
     :param list paths: per client, its local Viterbi path.
     :param list states: per client, LongTensor of kept states (others map to their
         nearest centre as well).
     :param int num_clusters: k.
-    :param int seed: k-means++ seed.
+    :param int seed: k-means seed.
     :return: per client, the relabelled path.
     :rtype: list
     """
     points = torch.cat([fit.params.loc[kept] for fit, kept in zip(fits, states)])
-    centres, _ = kmeans2(points.double().numpy(), num_clusters, minit="++", seed=seed)
-    centres = torch.as_tensor(centres, dtype=points.dtype)
+    centres, _ = kmeans(points, num_clusters, seed=seed)
     relabelled = []
     for fit, path in zip(fits, paths):
         cluster = torch.cdist(fit.params.loc, centres).argmin(-1)
@@ -212,11 +213,12 @@ def plot_segmentation(
     plt.close(fig)
 
 
+@rename_kwargs("run_demo", {"steps": "num_steps", "em_rounds": "num_rounds"})
 @single_threaded()
 def run_demo(
     seed: int = 0,
     out: Optional[str] = ".",
-    steps: Optional[int] = None,
+    num_steps: Optional[int] = None,
     num_states: int = 8,
     pooled_states: int = NUM_BEHAVIOURS,
     window: int = 10,
@@ -224,36 +226,37 @@ def run_demo(
     min_occupancy: float = 1.0,
     sequences: Optional[Sequence[int]] = None,
     progress: bool = True,
-    em_rounds: int = 10,
+    num_rounds: int = 10,
 ) -> dict:
     """
     Fit one HMM per mocap6 sequence, fuse them, and score every row of the results table.
 
     Example::
 
-        metrics = run_demo(seed=0, out="outputs", steps=400)
+        metrics = run_demo(seed=0, out="outputs", num_steps=400)
         print(metrics["fused"])
 
     :param int seed: seed of the initialisations, SVI and fusion.
     :param str out: folder for ``metrics.json`` and ``mocap_segmentation.png`` (created if
         needed); ``None`` writes nothing.
-    :param int steps: SVI steps per fit (default :data:`DEFAULT_STEPS`).
+    :param int num_steps: SVI steps per fit (default :data:`DEFAULT_STEPS`; formerly ``steps``).
     :param int num_states: states per local HMM (generous: each sequence shows 5-8 behaviours).
     :param int pooled_states: states of the pooled-data HMM.
     :param int window: feature window in frames (see the module docstring).
     :param HMMPrior prior: prior shared by all clients.
     :param float min_occupancy: states with fewer expected frames are pruned before fusion.
     :param list sequences: indices of the sequences to use (default all six).
-    :param bool progress: show a progress bar over the local fits.
-    :param int em_rounds: federated EM rounds after fusion (row ``fused_em``).
+    :param bool progress: show progress bars (local fits, fusion restarts, EM rounds).
+    :param int num_rounds: federated EM rounds after fusion (row ``fused_em``; formerly
+        ``em_rounds``).
     :return: the metrics dict written to ``metrics.json``.
     :rtype: dict
     """
-    steps = DEFAULT_STEPS if steps is None else steps
-    if steps < 1:
-        raise ValueError(f"run_demo: steps must be >= 1, got {steps}")
-    if em_rounds < 0:
-        raise ValueError(f"run_demo: em_rounds must be >= 0, got {em_rounds}")
+    num_steps = DEFAULT_STEPS if num_steps is None else num_steps
+    if num_steps < 1:
+        raise ValueError(f"run_demo: num_steps must be >= 1, got {num_steps}")
+    if num_rounds < 0:
+        raise ValueError(f"run_demo: num_rounds must be >= 0, got {num_rounds}")
     data = load_mocap6()
     chosen = range(len(data.sequences)) if sequences is None else list(sequences)
     if not chosen or not all(0 <= i < len(data.sequences) for i in chosen):
@@ -270,10 +273,12 @@ def run_demo(
     start = time.perf_counter()
     fits = []
     for j, x in enumerate(tqdm(clients, desc="local HMM fits", disable=not progress)):
-        fits.append(fit_gaussian_hmm([x], num_states, prior, steps, seed=seed + 1000 * j))
-    fused = fuse_hmms(fits, prior, min_occupancy=min_occupancy, direction="forward", seed=seed)
+        fits.append(fit_gaussian_hmm([x], num_states, prior, num_steps, seed=seed + 1000 * j))
+    fused = fuse_hmms(fits, prior=prior, min_occupancy=min_occupancy, seed=seed, progress=progress)
     fused_seconds = time.perf_counter() - start
-    refined, log_likelihoods = refine_hmm(fused.params, [[x] for x in clients], prior, em_rounds)
+    refined, log_likelihoods = refine_hmm(
+        fused.params, [[x] for x in clients], prior, num_rounds, progress=progress
+    )
     em_seconds = time.perf_counter() - start - fused_seconds
 
     fused_paths = [decode(fused.params, x) for x in clients]
@@ -290,10 +295,9 @@ def run_demo(
 
     local = per_sequence(local_paths)
 
-    kmeans_paths = kmeans_baseline(
-        fits, local_paths, fused.states, min(NUM_BEHAVIOURS, sum(map(len, fused.states))), seed
-    )
-    pooled_fit = fit_gaussian_hmm(clients, pooled_states, prior, steps, seed=seed)
+    kept = [(a >= 0).nonzero().squeeze(-1) for a in fused.assignments]
+    kmeans_paths = kmeans_baseline(fits, local_paths, kept, min(NUM_BEHAVIOURS, sum(map(len, kept))), seed)
+    pooled_fit = fit_gaussian_hmm(clients, pooled_states, prior, num_steps, seed=seed)
     pooled_paths = [pooled_fit.decode(x) for x in clients]
 
     metrics = {
@@ -312,7 +316,7 @@ def run_demo(
         "em_log_likelihoods": log_likelihoods,
         "total_seconds": time.perf_counter() - start,
         "seed": seed,
-        "steps": steps,
+        "num_steps": num_steps,
         "true_states": int(torch.cat(labels).unique().numel()),
         "price": fused.result.price,
     }

@@ -15,11 +15,11 @@ from torch.distributions import Normal
 
 from ..components import Components
 from ..expfam import DiagNormal
-from ..posterior import FusedPosterior, GuidePosterior, fuse_posteriors
+from ..posterior import FusedPosterior, GuidePosterior
 from . import wire
 
-#: fuser signature: (client posteriors, their num-examples) -> global posterior
-Fuser = Callable[[Sequence[GuidePosterior], Sequence[float]], FusedPosterior]
+#: fuser signature: (client posteriors, their num-examples) -> global posterior (or a FusedModel holding it)
+Fuser = Callable[[Sequence[GuidePosterior], Sequence[float]], Any]
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,13 @@ class KLFusion(FedAvg):
     :param float prior_scale: if given (and ``fuse_kwargs`` has no ``prior``), the clients'
         prior ``Normal(0, prior_scale)`` on every component field, in the guides'
         unconstrained space; it sets the default price of a global component.
-    :param dict fuse_kwargs: options of :func:`~pyro_fusion.fuse_posteriors`
-        (``direction``, ``price``, ``num_global``, ``combine``, ``prior``, ``seed``, ...).
-    :param fuser: replaces :func:`~pyro_fusion.fuse_posteriors` altogether (e.g. a
-        layer-wise adapter); called as ``fuser(posteriors, num_examples)``.
+    :param dict fuse_kwargs: options of :meth:`FusedPosterior.from_posteriors
+        <pyro_fusion.posterior.FusedPosterior.from_posteriors>`, the matching step of
+        :func:`~pyro_fusion.fuse_posteriors` (``direction``, ``price``, ``num_global``,
+        ``combine``, ``prior``, ``seed``, ...).
+    :param fuser: replaces that step altogether (e.g. a layer-wise adapter); called as
+        ``fuser(posteriors, num_examples)``, it returns a ``FusedPosterior`` or a
+        :class:`~pyro_fusion.FusedModel` holding one (e.g. :func:`~pyro_fusion.fuse_posteriors`).
     :param kwargs: node sampling options of :class:`~flwr.serverapp.strategy.FedAvg`
         (``fraction_train``, ``min_train_nodes``, ``min_available_nodes``, ...).
     """
@@ -223,12 +226,13 @@ class KLFusion(FedAvg):
         return post
 
     def _fuse(self, posts: List[GuidePosterior], weights: List[float]) -> FusedPosterior:
-        if self.fuser is not None:
-            return self.fuser(posts, weights)
+        if self.fuser is not None:  # a FusedPosterior, or a FusedModel holding one
+            fused = self.fuser(posts, weights)
+            return getattr(fused, "posterior", fused)
         kwargs = dict(self.fuse_kwargs)
         if self.prior_scale is not None and "prior" not in kwargs and posts[0].components is not None:
             kwargs["prior"] = zero_mean_prior(posts[0].components, self.prior_scale)
-        return fuse_posteriors(posts, weights, **kwargs)
+        return FusedPosterior.from_posteriors(posts, weights, **kwargs)
 
 
 def _check_same_model(post: GuidePosterior, ref: GuidePosterior, where: str) -> None:
