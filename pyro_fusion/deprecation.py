@@ -36,8 +36,9 @@ def warn(old: str, new: str, stacklevel: int = 3) -> None:
 def moved(module: str, names: Mapping[str, str]) -> Callable[[str], Any]:
     """
     A module-level ``__getattr__`` for names that moved: ``names`` maps an old attribute of
-    ``module`` to ``"new.module:new_name"`` (or ``"new.module:Class.method"``). The new module is imported when the name is
-    first used, so the old module does not import its replacement.
+    ``module`` to ``"new.module:new_name"`` (or ``"new.module:Class.method"``). The new
+    module is imported when the name is first used, so the old module does not import its
+    replacement.
 
     Example::
 
@@ -45,8 +46,8 @@ def moved(module: str, names: Mapping[str, str]) -> Callable[[str], Any]:
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
         ...     kmeans = __getattr__("kmeans")
-        >>> str(caught[0].message)
-        'pyro_fusion.models.gmm.kmeans is deprecated and will be removed in pyro_fusion 0.3; use pyro_fusion.models.clustering.kmeans'
+        >>> str(caught[0].message).endswith("use pyro_fusion.models.clustering.kmeans")
+        True
     """
 
     def __getattr__(name: str) -> Any:

@@ -10,7 +10,9 @@ from .priors import FusedPrior, FusedSitePrior, PosteriorPrior
 from .writeback import FusedAutoNormal, init_to_fused
 from .deprecation import deprecated_module
 
-deprecated_module(__name__, "pyro_fusion (fuse_posteriors), pyro_fusion.posterior, pyro_fusion.writeback and pyro_fusion.priors")
+deprecated_module(
+    __name__, "pyro_fusion (fuse_posteriors), pyro_fusion.posterior, pyro_fusion.writeback and pyro_fusion.priors"
+)
 
 __all__ = [
     "FusedAutoNormal", "FusedPosterior", "FusedPrior", "FusedSitePrior", "PosteriorPrior", "fuse_posteriors",

@@ -55,7 +55,9 @@ def test_front_doors_share_one_signature():
         assert params["direction"].default in ("reverse", "forward")
     assert all(shape == shapes[0] for shape in shapes)
     names = [name for name, _, _ in shapes[0]]
-    assert names == ["local_models", "weights", "direction", "num_global", "price", "seed", "progress", "family_options"]
+    assert names == [
+        "local_models", "weights", "direction", "num_global", "price", "seed", "progress", "family_options"
+    ]
 
 
 @pytest.mark.parametrize("adapter, direction", [
@@ -203,9 +205,13 @@ def test_mlp_round_trip_predicts_like_the_client():
     fused = fuse_mlps([posterior, posterior], progress=True)
     assert fused.model.widths == (5, 3) and fused.num_global == [5, 3]
     x = torch.randn(7, 3)
+
+    def means(post):
+        return {n: dist.Delta(d.mean, event_dim=d.mean.dim()) for n, d in post.items()}
+
     torch.testing.assert_close(
-        predictive_probs(fused.model, {n: dist.Delta(d.mean, event_dim=d.mean.dim()) for n, d in fused.posterior.items()}, x),
-        predictive_probs(BayesianMLP(3, (5, 3), 2), {n: dist.Delta(d.mean, event_dim=d.mean.dim()) for n, d in posterior.items()}, x),
+        predictive_probs(fused.model, means(fused.posterior), x),
+        predictive_probs(BayesianMLP(3, (5, 3), 2), means(posterior), x),
         atol=1e-5, rtol=1e-5,
     )
     layout = MLPAdapter().layout(posterior)

@@ -90,7 +90,8 @@ class Price:
     def __post_init__(self):
         if self.rule is not None and not isinstance(self.rule, str):
             raise ValueError(f"Price: rule must be a rule name or None, got {self.rule!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < float("inf"):
+        number = isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
+        if not (number and 0 < self.scale < float("inf")):
             raise ValueError(f"Price: scale must be a positive number, got {self.scale!r}")
 
 

@@ -283,7 +283,9 @@ def output_bias(
         bias_weights = None if weights is None else torch.as_tensor(weights, dtype=bias_loc.dtype)
         shared = barycenter(unit_components({"bias": (bias_loc, bias_scale)}, point_scale), bias_weights, direction)
         return tuple(t.squeeze(0) for t in _loc_scale(shared.distributions()["bias"]))
-    biases = [unit_components({"out": (loc[None], scale[None])}, point_scale) for loc, scale in zip(bias_loc, bias_scale)]
+    biases = [
+        unit_components({"out": (loc[None], scale[None])}, point_scale) for loc, scale in zip(bias_loc, bias_scale)
+    ]
     class_weights = torch.as_tensor(class_weights, dtype=torch.float64)
     one_unit = [torch.zeros(1, dtype=torch.long)] * len(posteriors)
     loc, scale = _classwise_columns(biases, one_unit, class_weights, 1, direction)
