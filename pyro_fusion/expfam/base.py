@@ -12,6 +12,7 @@ Log-normalizers may drop additive constants: every formula here uses differences
 """
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Sequence
 
@@ -51,7 +52,7 @@ class ExponentialFamily(ABC):
     spec_args: Sequence[str] = ()
 
     def __init__(self, event_shape: Sequence[int] = ()):
-        self.event_shape = torch.Size(event_shape)
+        self.event_shape = torch.Size(check_shape(event_shape, f"{type(self).__name__} event_shape"))
 
     @property
     @abstractmethod
@@ -129,6 +130,29 @@ class ExponentialFamily(ABC):
     #: what :meth:`check` says about an invalid parameter
     domain_hint: str = "invalid parameter"
 
+    def require(self, name: str, value: Tensor, valid: Tensor, requirement: str) -> None:
+        """
+        Raise :class:`ValueError` naming the argument ``name`` of :meth:`natural` and its first
+        entry where the mask ``valid`` (same shape as ``value``) is False.
+        """
+        if bool(valid.all()):
+            return
+        index = [int(i) for i in (~valid).nonzero()[0]] if valid.dim() else []
+        bad = value[tuple(index)] if value.dim() else value
+        shown = f"{float(bad):.6g}" if bad.dim() == 0 else f"{bad.tolist()}"
+        raise ValueError(
+            f"{type(self).__name__}: {name} must be {requirement}, got {shown} at index {index}"
+        )
+
+    def require_finite_result(self, eta: Tensor, arguments: str) -> Tensor:
+        """``eta``, or :class:`ValueError` naming the ``arguments`` if it overflowed its dtype."""
+        if not bool(torch.isfinite(eta).all()):
+            raise ValueError(
+                f"{type(self).__name__}: the natural parameters of these {arguments} overflow "
+                f"{eta.dtype} (too large or too small values)"
+            )
+        return eta
+
     def spec(self) -> Dict[str, Any]:
         """JSON-serialisable description, inverse of :func:`pyro_fusion.expfam.family_from_spec`."""
         out: Dict[str, Any] = {"family": self.name, "event_shape": list(self.event_shape)}
@@ -145,6 +169,35 @@ class ExponentialFamily(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.spec().items() if k != "family")
         return f"{type(self).__name__}({args})"
+
+
+def check_shape(shape: Any, what: str) -> Sequence[int]:
+    """``shape`` if it is a sequence of nonnegative ints (no bools, floats or strings), else
+    :class:`ValueError` naming ``what``."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise ValueError(f"{what} must be a sequence of nonnegative ints, got {type(shape).__name__}")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError(f"{what} must be a sequence of nonnegative ints, got {list(shape)[:8]!r}")
+    return shape
+
+
+def check_positive_real(value: Any, what: str) -> float:
+    """``value`` as a float if it is a real number (not a bool) whose square and inverse square
+    are finite and nonzero in float64, e.g. a scale; else :class:`ValueError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a positive real number, got {type(value).__name__}")
+    value = float(value)
+    square = value * value
+    if not (value > 0 and 0 < square < float("inf") and 1 / square < float("inf")):
+        raise ValueError(f"{what} must be positive, with a finite nonzero square and inverse square "
+                         f"(about 1e-154 to 1e154), got {value}")
+    return value
+
+
+def positive_finite(x: Tensor) -> Tensor:
+    """Mask: True where ``x`` is positive and finite."""
+    return (x > 0) & torch.isfinite(x)
 
 
 class ElementwiseFamily(ExponentialFamily):

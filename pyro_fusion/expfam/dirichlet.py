@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .base import positive_finite
 from .vector import VectorFamily
 
 
@@ -104,7 +105,12 @@ class Dirichlet(DirichletCoordinates, VectorFamily):
         return self.natural(concentration)
 
     def natural(self, concentration: Tensor) -> Tensor:
-        """Natural parameters from ``concentration`` of shape ``batch + event_shape``."""
+        """
+        Natural parameters from ``concentration`` of shape ``batch + event_shape``.
+
+        :raises ValueError: unless every concentration is positive and finite.
+        """
+        self.require("concentration", concentration, positive_finite(concentration), "positive and finite")
         return self._join_blocks(concentration)
 
     def concentration(self, eta: Tensor) -> Tensor:

@@ -33,7 +33,13 @@ class Bernoulli(ElementwiseFamily):
         return self._stack(logits)
 
     def natural(self, probs: Tensor) -> Tensor:
-        """Natural parameters (logits) from probabilities of shape ``batch + event_shape``."""
+        """
+        Natural parameters (logits) from probabilities of shape ``batch + event_shape``.
+
+        :raises ValueError: unless every probability lies strictly between 0 and 1 (0 and 1
+            have infinite logits).
+        """
+        self.require("probs", probs, (probs > 0) & (probs < 1), "strictly between 0 and 1")
         return self._stack(torch.logit(probs))
 
     def distribution(self, eta: Tensor) -> Distribution:
@@ -84,8 +90,14 @@ class Categorical(VectorFamily):
         return self._join_blocks(base.logits)
 
     def natural(self, probs: Tensor) -> Tensor:
-        """Natural parameters from probabilities of shape ``batch + event_shape`` (normalised here)."""
-        return self._join_blocks(probs.log() - probs.sum(-1, keepdim=True).log())
+        """
+        Natural parameters from probabilities of shape ``batch + event_shape`` (normalised here).
+
+        :raises ValueError: unless every probability is positive and finite (a zero
+            probability has an infinite log).
+        """
+        self.require("probs", probs, (probs > 0) & torch.isfinite(probs), "positive and finite")
+        return self.require_finite_result(self._join_blocks(probs.log() - probs.sum(-1, keepdim=True).log()), "probs")
 
     def distribution(self, eta: Tensor) -> Distribution:
         return self._independent_outer(torch.distributions.Categorical(logits=self._outer_coords(eta)))

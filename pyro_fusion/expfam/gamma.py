@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .base import ElementwiseFamily
+from .base import ElementwiseFamily, positive_finite
 from .dirichlet import DirichletCoordinates, _solver_dtype
 
 
@@ -65,7 +65,13 @@ class Gamma(ElementwiseFamily):
         return self.natural(concentration, rate)
 
     def natural(self, concentration: Tensor, rate: Tensor) -> Tensor:
-        """Natural parameters from ``concentration`` and ``rate`` of shape ``batch + event_shape``."""
+        """
+        Natural parameters from ``concentration`` and ``rate`` of shape ``batch + event_shape``.
+
+        :raises ValueError: naming the argument unless both are positive and finite.
+        """
+        self.require("concentration", concentration, positive_finite(concentration), "positive and finite")
+        self.require("rate", rate, positive_finite(rate), "positive and finite")
         return self._stack(concentration - 1, -rate)
 
     def concentration_rate(self, eta: Tensor):
@@ -118,7 +124,13 @@ class Beta(DirichletCoordinates, ElementwiseFamily):
         return self.natural(a, b)
 
     def natural(self, concentration1: Tensor, concentration0: Tensor) -> Tensor:
-        """Natural parameters from torch's ``concentration1`` (a) and ``concentration0`` (b)."""
+        """
+        Natural parameters from torch's ``concentration1`` (a) and ``concentration0`` (b).
+
+        :raises ValueError: naming the argument unless both are positive and finite.
+        """
+        self.require("concentration1", concentration1, positive_finite(concentration1), "positive and finite")
+        self.require("concentration0", concentration0, positive_finite(concentration0), "positive and finite")
         return self._stack(concentration1, concentration0)
 
     def concentrations(self, eta: Tensor):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from .base import base_distribution
+from .base import base_distribution, positive_finite
 from .dirichlet import _solver_dtype
 from .vector import VectorFamily
 
@@ -33,6 +33,20 @@ def _log_det(tril: Tensor) -> Tensor:
 def _pd_failed(matrix: Tensor) -> Tensor:
     """True where a symmetric matrix is not (numerically) positive definite or not finite."""
     return (torch.linalg.cholesky_ex(matrix).info != 0) | ~matrix.isfinite().all(-1).all(-1)
+
+
+def _require_pd(family, name: str, matrix: Tensor) -> None:
+    """Raise :class:`ValueError` naming ``name`` and the first batch index where ``matrix`` is
+    not finite, symmetric (to torch's tolerance) and positive definite."""
+    finite = matrix.isfinite().all(-1).all(-1)
+    safe = torch.where(finite.unsqueeze(-1).unsqueeze(-1), matrix, torch.eye(matrix.shape[-1], dtype=matrix.dtype))
+    valid = finite & constraints.positive_definite.check(safe)
+    if not bool(valid.all()):
+        index = [int(i) for i in (~valid).nonzero()[0]] if valid.dim() else []
+        raise ValueError(
+            f"{type(family).__name__}: {name} must be finite, symmetric and positive definite; "
+            f"the matrix at batch index {index} is not"
+        )
 
 
 class MultivariateNormal(VectorFamily):
@@ -78,15 +92,18 @@ class MultivariateNormal(VectorFamily):
             raise ValueError("give exactly one of covariance_matrix and precision_matrix")
         matrix = precision_matrix if covariance_matrix is None else covariance_matrix
         d = self.size
-        if matrix.shape[-2:] != (d, d):
+        if matrix.dim() < 2 or matrix.shape[-2:] != (d, d):
             raise ValueError(f"expected {d} x {d} matrices for {self!r}, got shape {tuple(matrix.shape)}")
         loc = loc.expand(torch.broadcast_shapes(loc.shape, matrix.shape[:-1]))
         self._check_event("loc", loc)
+        self.require("loc", loc, torch.isfinite(loc), "finite")
+        _require_pd(self, "precision_matrix" if covariance_matrix is None else "covariance_matrix", matrix)
         if precision_matrix is None:
             precision_matrix = torch.cholesky_inverse(torch.linalg.cholesky(covariance_matrix))
         precision_matrix = _sym(precision_matrix)
         eta1 = (precision_matrix @ loc.unsqueeze(-1))[..., 0]
-        return self._join_blocks(eta1, -0.5 * precision_matrix.flatten(-2))
+        eta = self._join_blocks(eta1, -0.5 * precision_matrix.flatten(-2))
+        return self.require_finite_result(eta, "loc and matrices")
 
     def _blocks(self, coords: Tensor) -> Tuple[Tensor, Tensor]:
         """``(eta_1, precision)`` from coordinates ``(..., D + D^2)``."""
@@ -286,13 +303,18 @@ class NormalWishart(VectorFamily):
         ``batch + event_shape``) and the Wishart scale ``W`` (shape ``batch + event_shape + (D,)``).
         """
         d = self.size
-        if scale_matrix.shape[-2:] != (d, d):
+        if scale_matrix.dim() < 2 or scale_matrix.shape[-2:] != (d, d):
             raise ValueError(f"expected {d} x {d} matrices for {self!r}, got shape {tuple(scale_matrix.shape)}")
         self._check_event("loc", loc.expand(torch.broadcast_shapes(loc.shape, scale_matrix.shape[:-1])))
+        self.require("kappa", kappa, positive_finite(kappa), "positive and finite")
+        self.require("nu", nu, torch.isfinite(nu) & (nu > d - 1), f"finite and greater than D - 1 = {d - 1}")
+        self.require("loc", loc, torch.isfinite(loc), "finite")
+        _require_pd(self, "scale_matrix", scale_matrix)
         kappa, nu = kappa.unsqueeze(-1), nu.unsqueeze(-1)
         inv_scale = torch.cholesky_inverse(torch.linalg.cholesky(scale_matrix))
         eta3 = -0.5 * (_sym(inv_scale) + kappa.unsqueeze(-1) * _outer(loc))
-        return self._join_blocks(kappa * loc, -0.5 * kappa, eta3.flatten(-2), 0.5 * (nu - d))
+        eta = self._join_blocks(kappa * loc, -0.5 * kappa, eta3.flatten(-2), 0.5 * (nu - d))
+        return self.require_finite_result(eta, "parameters")
 
     def _blocks(self, coords: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(kappa, nu, loc, W^-1)`` from coordinates ``(..., D^2 + D + 2)``."""

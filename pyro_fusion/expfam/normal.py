@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Normal
 
-from .base import ElementwiseFamily
+from .base import ElementwiseFamily, check_positive_real, positive_finite
 
 
 class DiagNormal(ElementwiseFamily):
@@ -34,9 +34,16 @@ class DiagNormal(ElementwiseFamily):
         return self.natural(loc, scale)
 
     def natural(self, loc: Tensor, scale: Tensor) -> Tensor:
-        """Natural parameters from ``loc`` and ``scale`` of shape ``batch + event_shape``."""
+        """
+        Natural parameters from ``loc`` and ``scale`` of shape ``batch + event_shape``.
+
+        :raises ValueError: naming the argument if ``loc`` is not finite, ``scale`` is not
+            positive and finite, or the parameters overflow the dtype (e.g. ``scale=1e-200``).
+        """
+        self.require("loc", loc, torch.isfinite(loc), "finite")
+        self.require("scale", scale, positive_finite(scale), "positive and finite")
         precision = scale.pow(-2)
-        return self._stack(loc * precision, -0.5 * precision)
+        return self.require_finite_result(self._stack(loc * precision, -0.5 * precision), "loc and scale")
 
     def loc_scale(self, eta: Tensor):
         """``(loc, scale)`` of shape ``batch + event_shape``."""
@@ -88,10 +95,9 @@ class PointMass(ElementwiseFamily):
     domain_hint = "values must be finite"
 
     def __init__(self, event_shape: Sequence[int] = (), scale: float = 1.0):
-        if not scale > 0:
-            raise ValueError(f"PointMass scale must be positive, got {scale}")
+        scale = check_positive_real(scale, "PointMass scale (point_scale)")
         super().__init__(event_shape)
-        self.scale = float(scale)
+        self.scale = scale
 
     def natural_from_distribution(self, dist: Distribution) -> Tensor:
         """Reads ``dist.mean`` (a :class:`~pyro.distributions.Delta` value or any location)."""
@@ -99,8 +105,14 @@ class PointMass(ElementwiseFamily):
         return self.natural(mean)
 
     def natural(self, value: Tensor) -> Tensor:
-        """Natural parameters of point estimates of shape ``batch + event_shape``."""
-        return self._stack(value / self.scale**2)
+        """
+        Natural parameters of point estimates of shape ``batch + event_shape``.
+
+        :raises ValueError: if a value is not finite, or ``value / scale**2`` overflows the
+            dtype (the scale is too small for these values).
+        """
+        self.require("value", value, torch.isfinite(value), "finite")
+        return self.require_finite_result(self._stack(value / self.scale**2), f"values at scale {self.scale}")
 
     def value(self, eta: Tensor) -> Tensor:
         """The point estimates, shape ``batch + event_shape``."""

@@ -1,7 +1,7 @@
 """Which family a torch distribution belongs to, and families rebuilt from saved metadata."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from pyro.distributions import Delta
@@ -51,15 +51,31 @@ _VECTOR: Dict[type, type] = {
 
 def family_from_spec(spec: Dict[str, Any]) -> ExponentialFamily:
     """
-    Rebuild a family from :meth:`ExponentialFamily.spec` metadata.
+    Rebuild a family from :meth:`ExponentialFamily.spec` metadata. Nothing is coerced: the
+    spec must have exactly the keys the family saves, an event shape of nonnegative ints and
+    (for :class:`PointMass`) a real scale.
+
+    Example::
+
+        >>> family_from_spec({"family": "normal", "event_shape": [3]})
+        DiagNormal(event_shape=[3])
 
     :param dict spec: e.g. ``{"family": "normal", "event_shape": [3]}``.
+    :raises ValueError: naming the first problem.
     """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a family spec must be a mapping, got {type(spec).__name__}")
     spec = dict(spec)
     name = spec.pop("family", None)
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[name](**spec)
+    if not isinstance(name, str) or name not in FAMILIES:
+        shown = repr(name)[:60] if isinstance(name, str) else type(name).__name__
+        raise ValueError(f"unknown family {shown}; known: {sorted(FAMILIES)}")
+    cls = FAMILIES[name]
+    keys = {"event_shape", *cls.spec_args}
+    if set(spec) != keys:
+        got = sorted(str(k)[:40] for k in spec)[:8]
+        raise ValueError(f"family {name!r} is described by the keys {sorted(keys)} besides 'family', got {got}")
+    return cls(**spec)
 
 
 def _lookup(dist_type: type) -> Optional[type]:

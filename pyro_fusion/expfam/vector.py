@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import ElementwiseFamily
+from .base import ElementwiseFamily, check_shape
 
 
 class VectorFamily(ElementwiseFamily):
@@ -22,7 +22,7 @@ class VectorFamily(ElementwiseFamily):
     """
 
     def __init__(self, event_shape: Sequence[int]):
-        event_shape = torch.Size(event_shape)
+        event_shape = torch.Size(check_shape(event_shape, f"{type(self).__name__} event_shape"))
         if len(event_shape) == 0 or event_shape[-1] < self.min_size:
             raise ValueError(
                 f"{type(self).__name__} needs an event shape ending in a vector of size "
