@@ -9,6 +9,9 @@ from torch.distributions import Distribution
 
 from .expfam import ExponentialFamily, family_of
 
+#: the dtypes natural parameters may have (half precision and integers cannot hold costs)
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
 
 class Field(NamedTuple):
     """One named factor of a component: its family and natural parameters ``[L, family.dim]``."""
@@ -35,15 +38,22 @@ class Components:
         >>> len(states), states.dim
         (4, 29)
 
-    :param fields: mapping from field name to ``(family, natural parameters [L, dim])``.
+    :param fields: mapping from field name to ``(family, natural parameters [L, dim])``,
+        float32 or float64 tensors.
+    :raises ValueError: naming the field if its family, dtype or shape is wrong.
     """
 
     def __init__(self, fields: Mapping[str, Tuple[ExponentialFamily, Tensor]]):
-        if not fields:
-            raise ValueError("Components need at least one field")
+        if not isinstance(fields, Mapping) or not fields:
+            raise ValueError("Components need a mapping of at least one field")
         self.fields: Dict[str, Field] = {}
         sizes = set()
         for name, (family, natural) in fields.items():
+            if not isinstance(family, ExponentialFamily):
+                raise ValueError(f"field {name!r}: expected an ExponentialFamily, got {type(family).__name__}")
+            if not isinstance(natural, Tensor) or natural.dtype not in FLOAT_DTYPES:
+                got = natural.dtype if isinstance(natural, Tensor) else type(natural).__name__
+                raise ValueError(f"field {name!r}: natural parameters must be a float32 or float64 tensor, got {got}")
             if natural.dim() != 2 or natural.shape[-1] != family.dim:
                 raise ValueError(
                     f"field {name!r}: expected natural parameters of shape [L, {family.dim}] "

@@ -20,6 +20,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from pyro_fusion import Components
 from pyro_fusion.expfam import (
     Bernoulli,
     Beta,
@@ -147,6 +148,26 @@ rows("family", {
         lambda: family_from_spec({"family": "point_mass", "event_shape": [], "scale": "1"}), r"point_scale.*str"
     ),
     "spec not a mapping": constructor_row(lambda: family_from_spec(["normal"]), r"family spec must be a mapping"),
+})
+
+
+# ----- Components ------------------------------------------------------------------------------
+
+
+def components_row(natural: torch.Tensor, names: str, family=DiagNormal((1,))):
+    return lambda tmp_path: Bad(natural, lambda: Components({"x": (family, natural)}), ValueError, names)
+
+
+rows("Components", {
+    "float16": lambda tmp_path: Bad(
+        (loc := torch.zeros(3, 2, dtype=torch.float16)),
+        lambda: Components.from_distributions({"x": dist.Normal(loc, 1.0)}),
+        ValueError, r"field 'x'.*float32 or float64.*float16",
+    ),
+    "bfloat16": components_row(torch.zeros(3, 2, dtype=torch.bfloat16), r"field 'x'.*bfloat16"),
+    "int64": components_row(torch.zeros(3, 2, dtype=torch.int64), r"field 'x'.*int64"),
+    "not a family": components_row(torch.zeros(3, 2), r"field 'x'.*ExponentialFamily.*str", family="normal"),
+    "wrong width": components_row(torch.zeros(3, 3), r"field 'x'.*shape \[L, 2\]"),
 })
 
 
