@@ -18,23 +18,219 @@ Record kinds (key ``"kind"``):
 - ``"fused_posterior"``: the same site layout, ``shared`` and ``result`` (a result record or None);
 - a result record (:data:`RESULT_FIELDS`): the fields of a
   :class:`~pyro_fusion.fusion.FusionResult`.
+
+Files and messages come from other parties, so reading them is bounded by what they really
+hold and strict: the header is parsed only if it has at most :data:`MAX_HEADER_CHARS`
+characters and :data:`MAX_JSON_DEPTH` levels of nesting, every JSON value must have its
+type (``1.0``, ``true`` or ``0.7`` are not taken for ints), counts declared in the header are
+checked against the tensors present before anything is built from them, and every error is
+a :class:`ValueError` naming the file or sender, at most :data:`MAX_MESSAGE_CHARS` long.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .components import Components
+from .components import FLOAT_DTYPES, Components
+from .cost import DIRECTIONS
 from .deprecation import moved
 from .expfam import family_from_spec
+from .expfam.base import check_shape
 
 FORMAT = "pyro_fusion"
 VERSION = 1
+#: the keys of a header
+HEADER_KEYS = ("format", "version", "groups", "metadata")
+#: the longest JSON header read, in characters (a longer one is rejected unparsed)
+MAX_HEADER_CHARS = 1_000_000
+#: the deepest nesting of JSON arrays and objects a header may have
+MAX_JSON_DEPTH = 32
+#: the longest error message about a file or message, in characters (longer ones are cut)
+MAX_MESSAGE_CHARS = 1000
+#: the largest size of one dimension a header may declare
+MAX_DIM = 2**53
+
+
+# ----- bounded, strict reading of headers ------------------------------------------------------
+
+
+def brief(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters (saying so), e.g. an error message that
+    quotes what a file holds."""
+    if len(text) <= limit:
+        return text
+    note = f" ... [cut, {len(text)} characters in all]"
+    return text[: max(limit - len(note), 0)] + note
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A short description of a value read from a file (containers are not printed)."""
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} keys"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} entries"
+    return brief(repr(value), limit)
+
+
+def _listing(items: Iterable[Any], limit: int = 5) -> str:
+    """At most ``limit`` sorted items, and how many more there are."""
+    items = sorted(items, key=str)
+    shown = ", ".join(_show(i) for i in items[:limit])
+    return f"[{shown}{f', ... {len(items) - limit} more' if len(items) > limit else ''}]"
+
+
+def _briefly(function: Callable) -> Callable:
+    """Cut the message of a :class:`ValueError` raised by ``function`` to :data:`MAX_MESSAGE_CHARS`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ValueError as e:
+            if len(str(e)) <= MAX_MESSAGE_CHARS:
+                raise
+            raise ValueError(brief(str(e))) from None
+
+    return wrapper
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"repeated key {_show(next(k for k in keys if keys.count(k) > 1))}")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {brief(text, 40)} is out of range")
+    return value
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """The nesting depth of JSON arrays and objects in ``value`` (0 for a scalar), found
+    without recursion; the count stops once it exceeds ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_header(raw: Any, where: str) -> Dict[str, Any]:
+    """
+    Parse and check the JSON header of a file or message, bounding the work by its length:
+    at most :data:`MAX_HEADER_CHARS` characters and :data:`MAX_JSON_DEPTH` levels, no
+    repeated keys, finite numbers only, then :func:`check_header`.
+
+    Example::
+
+        >>> parse_header('{"format": "pyro_fusion", "version": 1, "groups": {}, "metadata": {}}', "x")["groups"]
+        {}
+
+    :param str raw: the header text.
+    :param str where: how errors name the source (a path, ``"node 17"``, ...).
+    :raises ValueError: naming ``where`` and the first problem.
+    """
+    if not isinstance(raw, str):
+        raise ValueError(f"{where}: header is {_show(raw)}, expected a JSON string")
+    if len(raw) > MAX_HEADER_CHARS:
+        raise ValueError(f"{where}: header of {len(raw)} characters; at most {MAX_HEADER_CHARS} are read")
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                            parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"{where}: header nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: header is not JSON ({brief(str(e), 200)})") from None
+    if json_depth(header) > MAX_JSON_DEPTH:
+        raise ValueError(f"{where}: header nested deeper than {MAX_JSON_DEPTH} levels")
+    check_header(header, where)
+    return header
+
+
+def check_header(header: Any, where: str) -> None:
+    """
+    Raise :class:`ValueError` naming ``where`` unless ``header`` is an object with exactly the
+    keys :data:`HEADER_KEYS`, this format and version (the int 1: ``1.0`` or ``true`` are not
+    taken for it), ``groups`` an object of groups, each an object of field -> family spec, and
+    ``metadata`` an object.
+    """
+    if not isinstance(header, Mapping):
+        raise ValueError(f"{where}: header is {_show(header)}, expected a JSON object")
+    fmt, version = header.get("format"), header.get("version")
+    if not (isinstance(fmt, str) and fmt == FORMAT and type(version) is int and version == VERSION):
+        raise ValueError(f"{where}: unsupported format/version ({_show(fmt)}, {_show(version)}), "
+                         f"expected {FORMAT}/{VERSION}")
+    _exact_keys(header, HEADER_KEYS, (), "header", where)
+    for group, fields in _object(header["groups"], "header 'groups'", where).items():
+        if "/" in group:
+            raise ValueError(f"{where}: group name {_show(group)} must not contain '/'")
+        for name, spec in _object(fields, f"group {_show(group)}", where).items():
+            _object(spec, f"field {_show(group)}/{_show(name)}", where)
+    _object(header["metadata"], "header 'metadata'", where)
+
+
+def _exact_keys(obj: Mapping, required: Sequence[str], optional: Sequence[str], what: str, where: str) -> None:
+    missing = [k for k in required if k not in obj]
+    unknown = [k for k in obj if k not in required and k not in optional]
+    if missing or unknown:
+        raise ValueError(f"{where}: {what} lacks the keys {missing} or has unknown keys {_listing(unknown)}")
+
+
+def _object(value: Any, what: str, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: {what} must be a JSON object, got {_show(value)}")
+    return value
+
+
+def _int(value: Any, what: str, where: str, minimum: int = 0) -> int:
+    """``value`` if it is an int (not a bool or a float such as 0.7) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_DIM:
+        raise ValueError(f"{where}: {what} must be an int in [{minimum}, 2**53], got {_show(value)}")
+    return value
+
+
+def _positive_number(value: Any, what: str, where: str) -> Any:
+    """``value`` if it is a finite positive int or float (not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {what} must be a positive number (finite, not a bool), got {_show(value)}")
+    return value
+
+
+def _ints(value: Any, what: str, where: str) -> Tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: {what} must be an array of ints, got {_show(value)}")
+    return tuple(_int(v, what, where) for v in value)
+
+
+def _family(spec: Any, what: str, where: str):
+    try:
+        return family_from_spec(spec)
+    except ValueError as e:
+        raise ValueError(f"{where}, {what}: bad family spec ({brief(str(e), 200)})") from None
+
+
+# ----- groups of components ----------------------------------------------------------------------
 
 
 def encode_groups(
@@ -73,9 +269,12 @@ def save_groups(
     save_file(out, path, metadata={FORMAT: json.dumps(header)})
 
 
+@_briefly
 def read_file(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """
-    The tensors and header of a pyro_fusion safetensors file.
+    The tensors and header of a pyro_fusion safetensors file. The header is parsed and
+    checked (:func:`parse_header`) before any tensor is read; safetensors itself checks that
+    the declared tensor sizes match the bytes in the file.
 
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises ValueError: naming ``path`` if it is not such a file (e.g. a pickle).
@@ -85,45 +284,81 @@ def read_file(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     try:
         with safe_open(path, framework="pt") as f:
             raw = (f.metadata() or {}).get(FORMAT)
+            if raw is None:
+                raise ValueError(f"{path}: safetensors file without pyro_fusion metadata")
+            header = parse_header(raw, path)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, TypeError, RuntimeError) as e:
         raise ValueError(
-            f"{path}: not a pyro_fusion safetensors file ({e}); pickles are never loaded"
+            f"{path}: not a pyro_fusion safetensors file ({brief(str(e), 200)}); pickles are never loaded"
         ) from None
-    if raw is None:
-        raise ValueError(f"{path}: safetensors file without pyro_fusion metadata")
-    try:
-        header = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: metadata is not JSON ({e})") from None
-    _check_version(header, path)
     return tensors, header
 
 
-def _check_version(header: Any, where: str) -> None:
-    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
-        got = (header.get("format"), header.get("version")) if isinstance(header, dict) else header
-        raise ValueError(f"{where}: unsupported format/version {got}, expected {FORMAT}/{VERSION}")
+#: the shape of a tensor of any length (a vector)
+VECTOR = (None,)
 
 
+def _check_tensor(t: Any, key: str, shape: Sequence[Optional[int]], dtypes: Sequence[torch.dtype], where: str) -> None:
+    """Raise unless ``t`` is a tensor of one of ``dtypes`` and of ``shape`` (None entries:
+    any size), finite if floating."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{where}, tensor {key!r}: a {type(t).__name__}, expected a tensor")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{where}, tensor {key!r}: dtype {t.dtype}, expected one of {list(dtypes)}")
+    if t.dim() != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape)):
+        wanted = "a vector" if tuple(shape) == VECTOR else tuple("*" if d is None else d for d in shape)
+        raise ValueError(f"{where}, tensor {key!r}: shape {tuple(t.shape)}, expected {wanted}")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ValueError(f"{where}, tensor {key!r}: contains NaN or inf")
+
+
+def _check_keys(tensors: Mapping[str, Any], expected: Iterable[str], where: str) -> None:
+    expected = set(expected)
+    if set(tensors) != expected:
+        missing, unexpected = expected - set(tensors), set(tensors) - expected
+        raise ValueError(f"{where}: unexpected tensors (missing {_listing(missing)}, unexpected {_listing(unexpected)})")
+
+
+def _read_groups(tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any], where: str) -> Dict[str, Components]:
+    """The validated groups of a checked header; every ``"<group>/<field>"`` tensor must be
+    float32/float64 of shape ``[L, family.dim]``."""
+    groups = {}
+    for group, specs in header["groups"].items():
+        fields = {}
+        for name, spec in specs.items():
+            family = _family(spec, f"field {group}/{name}", where)
+            key = f"{group}/{name}"
+            if key not in tensors:
+                raise ValueError(f"{where}: missing tensor {key!r}")
+            _check_tensor(tensors[key], key, (None, family.dim), FLOAT_DTYPES, where)
+            fields[name] = (family, tensors[key])
+        if not fields:
+            raise ValueError(f"{where}: group {group!r} has no fields")
+        try:
+            groups[group] = Components(fields)
+        except ValueError as e:
+            raise ValueError(f"{where}, group {group!r}: {e}") from None
+        groups[group].check(f"{where}, group {group!r}")
+    return groups
+
+
+@_briefly
 def load_groups(path: str) -> Tuple[Dict[str, Components], Dict[str, torch.Tensor], Dict[str, Any]]:
     """
-    Load a file written by :func:`save_groups`.
+    Load a file written by :func:`save_groups`: every tensor is a declared field
+    (float32/float64, finite, in its family's domain) or an ``"extra/<name>"`` tensor.
 
     :returns: ``(groups, extra tensors, metadata)``.
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises ValueError: naming ``path`` if it is not such a file (e.g. a pickle).
     """
     tensors, header = read_file(path)
-    try:
-        groups = {}
-        for group, specs in header["groups"].items():
-            groups[group] = Components(
-                {name: (family_from_spec(spec), tensors[f"{group}/{name}"]) for name, spec in specs.items()}
-            )
-            groups[group].check(f"{path}, group {group!r}")
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(f"{path}: malformed pyro_fusion file: {e}") from None
+    fields = {f"{g}/{n}" for g, specs in header["groups"].items() for n in specs}
+    unexpected = {k for k in tensors if k not in fields and not k.startswith("extra/")}
+    if unexpected:
+        raise ValueError(f"{path}: tensors {_listing(unexpected)} belong to no declared field")
+    groups = _read_groups(tensors, header, path)
     extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
     return groups, extra, header["metadata"]
 
@@ -143,11 +378,12 @@ def save_components(components: Components, path: str, metadata: Mapping[str, An
     save_groups(path, {"components": components}, metadata)
 
 
+@_briefly
 def load_components(path: str) -> Components:
-    """Load components saved by :func:`save_components`."""
+    """Load and validate components saved by :func:`save_components` (see :func:`load_groups`)."""
     groups, _, _ = load_groups(path)
     if "components" not in groups:
-        raise ValueError(f"{path}: holds no 'components' group (groups: {sorted(groups)})")
+        raise ValueError(f"{path}: holds no 'components' group (groups: {_listing(groups)})")
     return groups["components"]
 
 
@@ -155,6 +391,10 @@ def load_components(path: str) -> Components:
 RESULT_FIELDS = (
     "components", "assignments", "support", "objective", "iterations", "converged", "price", "direction", "combine"
 )
+#: the keys of a result's metadata
+RESULT_KEYS = ("direction", "combine", "price", "iterations", "converged", "num_clients")
+#: the values of ``combine`` (those of :func:`~pyro_fusion.fusion.fuse`, which this module does not import)
+COMBINES = ("average", "product")
 
 
 def result_record(result: Any) -> Dict[str, Any]:
@@ -182,22 +422,62 @@ def _result_metadata(result: Mapping[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _read_result(path: str, components: Components, extra, meta) -> Dict[str, Any]:
-    try:
-        assignments = [extra[f"assignment/{j}"] for j in range(meta["num_clients"])]
-        return dict(
-            components=components,
-            assignments=assignments,
-            support=extra["support"],
-            objective=extra["objective"].tolist(),
-            iterations=int(meta["iterations"]),
-            converged=bool(meta["converged"]),
-            price=meta["price"],
-            direction=meta["direction"],
-            combine=meta["combine"],
-        )
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed fusion result, missing {e}") from None
+def _result_meta(meta: Any, num_tensors: int, where: str) -> Mapping[str, Any]:
+    """Checked result metadata; ``num_clients`` may not exceed the ``num_tensors`` present, so
+    the tensors it implies are bounded by what was received."""
+    meta = _object(meta, "result metadata", where)
+    _exact_keys(meta, RESULT_KEYS, (), "result metadata", where)
+    if meta["direction"] not in DIRECTIONS or meta["combine"] not in COMBINES:
+        raise ValueError(f"{where}: result direction/combine ({_show(meta['direction'])}, "
+                         f"{_show(meta['combine'])}), expected one of {DIRECTIONS} and of {COMBINES}")
+    if meta["price"] is not None:
+        _positive_number(meta["price"], "result price", where)
+    _int(meta["iterations"], "result iterations", where)
+    if not isinstance(meta["converged"], bool):
+        raise ValueError(f"{where}: result converged must be true or false, got {_show(meta['converged'])}")
+    num_clients = _int(meta["num_clients"], "result num_clients", where, minimum=1)
+    if num_clients > num_tensors:
+        raise ValueError(f"{where}: result declares {num_clients} clients but only {num_tensors} tensors are present")
+    return meta
+
+
+def _result_shapes(meta: Mapping[str, Any], width: int) -> Dict[str, Tuple[Tuple[Optional[int], ...], Tuple[torch.dtype, ...]]]:
+    shapes = {f"extra/assignment/{j}": (VECTOR, (torch.int64,)) for j in range(meta["num_clients"])}
+    shapes["extra/support"] = ((width,), (torch.int64,))
+    shapes["extra/objective"] = (VECTOR, (torch.float64,))
+    return shapes
+
+
+def _read_result(where: str, components: Components, tensors: Mapping[str, torch.Tensor], meta) -> Dict[str, Any]:
+    """A result record from checked metadata and tensors of the dtypes and shapes of
+    :func:`_result_shapes`: each client maps its components to distinct globals in range,
+    the support counts those clients and the objective is a nonempty finite vector."""
+    width = len(components)
+    assignments = []
+    for j in range(meta["num_clients"]):
+        a = tensors[f"extra/assignment/{j}"]
+        if a.numel() == 0 or ((a < 0) | (a >= width)).any():
+            raise ValueError(f"{where}, assignment of client {j}: global indices must lie in 0..{width - 1}")
+        if torch.unique(a).numel() != a.numel():
+            raise ValueError(f"{where}, assignment of client {j}: two components share a global one")
+        assignments.append(a)
+    support = tensors["extra/support"]
+    if not torch.equal(support, torch.bincount(torch.cat(assignments), minlength=width)):
+        raise ValueError(f"{where}: support does not count the clients matched to each global component")
+    objective = tensors["extra/objective"]
+    if objective.numel() == 0:
+        raise ValueError(f"{where}: empty objective")
+    return dict(
+        components=components,
+        assignments=assignments,
+        support=support,
+        objective=objective.tolist(),
+        iterations=meta["iterations"],
+        converged=meta["converged"],
+        price=meta["price"],
+        direction=meta["direction"],
+        combine=meta["combine"],
+    )
 
 
 def save_result(result: Any, path: str) -> None:
@@ -208,22 +488,34 @@ def save_result(result: Any, path: str) -> None:
     save_groups(path, {"global": record["components"]}, meta, _result_tensors(record))
 
 
+@_briefly
 def load_result_record(path: str) -> Dict[str, Any]:
     """The record of a :class:`~pyro_fusion.fusion.FusionResult` saved by :func:`save_result`
     (``FusionResult(**record)`` rebuilds it; :meth:`FusionResult.load
-    <pyro_fusion.fusion.FusionResult.load>` does)."""
-    groups, extra, meta = load_groups(path)
-    if meta.get("kind") != "fusion_result" or "global" not in groups:
+    <pyro_fusion.fusion.FusionResult.load>` does), validated: every tensor's dtype and shape,
+    finite values in their families' domains, assignments and support (see :func:`_read_result`)."""
+    tensors, header = read_file(path)
+    meta = header["metadata"]
+    if meta.get("kind") != "fusion_result" or set(header["groups"]) != {"global"}:
         raise ValueError(f"{path}: not a saved fusion result")
-    return _read_result(path, groups["global"], extra, meta)
-
-
-_FLOATS = (torch.float32, torch.float64)
+    result_meta = _result_meta({k: v for k, v in meta.items() if k != "kind"}, len(tensors), path)
+    shapes = _result_shapes(result_meta, 0)
+    _check_keys(tensors, [f"global/{n}" for n in header["groups"]["global"]] + list(shapes), path)
+    components = _read_groups(tensors, header, path)["global"]
+    for key, (shape, dtypes) in _result_shapes(result_meta, len(components)).items():
+        _check_tensor(tensors[key], key, shape, dtypes, path)
+    return _read_result(path, components, tensors, result_meta)
 
 
 #: the site layout every posterior record holds
 SITE_FIELDS = ("component_dims", "simplex", "site_shapes", "sources", "site_families")
 POSTERIOR_KINDS = ("guide_posterior", "fused_posterior")
+#: the guide kinds a site may come from (see :class:`~pyro_fusion.readout.SiteEstimate`)
+SOURCES = ("autonormal", "delta", "distribution", "transformed")
+#: the metadata keys of a site layout
+SITE_KEYS = ("component_dims", "simplex_axes", "site_shapes", "sources", "site_families")
+#: how far the rows of a simplex site's value may sum from 1
+SIMPLEX_TOLERANCE = 1e-3
 
 
 def _site_metadata(record: Mapping[str, Any]) -> Dict[str, Any]:
@@ -259,9 +551,9 @@ def encode_record(record: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], D
     else:
         raise ValueError(f"expected a record of kind {' or '.join(POSTERIOR_KINDS)}, got {kind!r}")
     return encode_groups(groups, meta, tensors)
-    return encode_groups(groups, meta, tensors)
 
 
+@_briefly
 def decode_record(
     tensors: Mapping[str, torch.Tensor],
     header: Mapping[str, Any],
@@ -271,11 +563,15 @@ def decode_record(
 ) -> Dict[str, Any]:
     """
     Validate and decode what :func:`encode_record` produced, e.g. a file or message from
-    another party, into a posterior record. Checks the format and version, the kind, that the declared fields are
-    exactly those the sites need with the families the sites imply, the set of tensors,
-    each tensor's dtype and shape (at most ``max_width`` components), finite values,
-    natural parameters inside their family's domain, nonnegative simplex values and global
-    indices in range. Nothing is coerced.
+    another party, into a posterior record. Checks the header (:func:`check_header`), the
+    kind, that the metadata has exactly the keys of its kind with values of the right JSON
+    types (``component_dims: 0.7`` is an error, not 0), that the declared fields are exactly
+    those the sites need with the families the sites imply, the set of tensors (the number
+    of clients of a fusion result may not exceed the tensors present), each tensor's dtype
+    and shape (at most ``max_width`` components), finite values, natural parameters inside
+    their family's domain, simplex values on the simplex, and assignments and support of a
+    fusion result. Nothing is coerced; error messages are at most
+    :data:`MAX_MESSAGE_CHARS` long.
 
     :param dict tensors: the tensors, keyed as by :func:`encode_groups`.
     :param dict header: the header.
@@ -284,121 +580,135 @@ def decode_record(
     :param int max_width: the largest number of components accepted.
     :raises ValueError: naming ``where`` and the first problem found.
     """
-    _check_version(header, where)
-    try:
-        meta = header["metadata"]
-        got_kind = meta.get("kind")
-        if got_kind not in POSTERIOR_KINDS or (kind is not None and got_kind != kind):
-            raise ValueError(f"holds a {got_kind!r}, expected a {kind or 'posterior'!r}")
-        sites = _read_sites(meta)
-        specs = header["groups"]
-        result_meta = meta.get("result")
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(f"{where}: malformed header: {e}") from None
+    check_header(header, where)
+    meta = header["metadata"]
+    got_kind = meta.get("kind")
+    if got_kind not in POSTERIOR_KINDS or (kind is not None and got_kind != kind):
+        raise ValueError(f"{where}: malformed header: holds a {_show(got_kind)}, expected a {kind or 'posterior'!r}")
+    if got_kind == "guide_posterior":
+        _exact_keys(meta, ("kind", "weight") + SITE_KEYS, (), "metadata", where)
+    else:
+        _exact_keys(meta, ("kind",) + SITE_KEYS, ("result",), "metadata", where)
+    sites = _read_sites(meta, where)
+    specs = header["groups"]
     names = set(sites["site_shapes"])
-    if set(sites["sources"]) != names or set(sites["site_families"]) != names:
-        raise ValueError(f"{where}: sources/families do not cover the sites {sorted(names)}")
     comp_sites = set(sites["component_dims"])
     simplex_axes = sites.pop("simplex_axes")
     shared_sites = names - comp_sites - set(simplex_axes)
     comp_group = "global" if got_kind == "fused_posterior" else "components"
     wanted = {g: s for g, s in (("shared", shared_sites), (comp_group, comp_sites)) if s}
-    declared = {g: set(f) for g, f in specs.items()} if isinstance(specs, dict) else specs
+    declared = {g: set(f) for g, f in specs.items()}
     if declared != wanted:
         raise ValueError(f"{where}: header declares fields {_sorted(declared)}, the sites need {_sorted(wanted)}")
-    widths = {sites["site_shapes"][n][d] for n, d in sites["component_dims"].items()
-              if 0 <= d < len(sites["site_shapes"][n])}
-    if len(widths) != (1 if comp_sites else 0):
-        raise ValueError(f"{where}: component sites disagree on the number of components {sorted(widths)}")
+    widths = {sites["site_shapes"][n][d] for n, d in sites["component_dims"].items()}
+    if len(widths) > 1:
+        raise ValueError(f"{where}: component sites disagree on the number of components {_listing(widths)}")
     width = widths.pop() if widths else 1
     if comp_sites and not 1 <= width <= (max_width or width):
         raise ValueError(f"{where}: {width} components, allowed 1..{max_width}")
 
-    expected: Dict[str, Tuple[Optional[Tuple[int, ...]], Tuple[torch.dtype, ...]]] = {}
+    expected: Dict[str, Tuple[Tuple[Optional[int], ...], Tuple[torch.dtype, ...]]] = {}
     families: Dict[str, Dict[str, Any]] = {}
     for group, fields in specs.items():
         families[group] = {}
         for name, spec in fields.items():
-            try:
-                family = family_from_spec(spec)
-                want = _field_family(sites, name, group)
-            except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{where}, field {group}/{name}: bad family spec {spec} ({e})") from None
+            family = _family(spec, f"field {group}/{name}", where)
+            want = _field_family(sites, name, group, where)
             if family != want:
                 raise ValueError(f"{where}, field {group}/{name}: declared {family!r}, its site needs {want!r}")
             families[group][name] = family
-            expected[f"{group}/{name}"] = ((1 if group == "shared" else width, family.dim), _FLOATS)
+            expected[f"{group}/{name}"] = ((1 if group == "shared" else width, family.dim), FLOAT_DTYPES)
     for name in simplex_axes:
-        expected[f"extra/simplex/{name}"] = (tuple(sites["site_shapes"][name]), _FLOATS)
-    if result_meta is not None:
-        num_clients = result_meta.get("num_clients") if isinstance(result_meta, dict) else None
-        if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-            raise ValueError(f"{where}: malformed fusion result metadata")
-        for j in range(num_clients):
-            expected[f"extra/assignment/{j}"] = (None, (torch.int64,))
-        expected["extra/support"] = ((width,), (torch.int64,))
-        expected["extra/objective"] = (None, (torch.float64,))
-    if set(tensors) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise ValueError(f"{where}: unexpected tensors (missing {missing}, unexpected {unexpected})")
+        expected[f"extra/simplex/{name}"] = (tuple(sites["site_shapes"][name]), FLOAT_DTYPES)
+    result_meta = None
+    if "result" in meta:
+        if got_kind != "fused_posterior" or not comp_sites:
+            raise ValueError(f"{where}: a fusion result without component sites")
+        result_meta = _result_meta(meta["result"], len(tensors), where)
+        expected.update(_result_shapes(result_meta, width))
+    elif got_kind == "fused_posterior" and comp_sites:
+        raise ValueError(f"{where}: component sites without a fusion result")
+    _check_keys(tensors, expected, where)
     for key, (shape, dtypes) in expected.items():
-        t = tensors[key]
-        if t.dtype not in dtypes:
-            raise ValueError(f"{where}, tensor {key!r}: dtype {t.dtype}, expected one of {list(dtypes)}")
-        if (shape is None and t.dim() != 1) or (shape is not None and tuple(t.shape) != tuple(shape)):
-            raise ValueError(f"{where}, tensor {key!r}: shape {tuple(t.shape)}, expected {shape or 'a vector'}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{where}, tensor {key!r}: contains NaN or inf")
+        _check_tensor(tensors[key], key, shape, dtypes, where)
     groups = {}
     for group, fields in families.items():
         groups[group] = Components({n: (fam, tensors[f"{group}/{n}"]) for n, fam in fields.items()})
         groups[group].check(f"{where}, group {group!r}")
+    simplex = {}
     for name, axes in simplex_axes.items():
-        value = tensors[f"extra/simplex/{name}"]
-        if (value < 0).any():
-            raise ValueError(f"{where}, simplex site {name!r}: negative probabilities")
-        sites.setdefault("simplex", {})[name] = (axes, value)
-    sites.setdefault("simplex", {})
-    for j in range(result_meta["num_clients"] if result_meta is not None else 0):
-        a = tensors[f"extra/assignment/{j}"]
-        if ((a < 0) | (a >= width)).any():
-            raise ValueError(f"{where}, assignment of client {j}: global indices outside 0..{width - 1}")
+        simplex[name] = (axes, _simplex_value(tensors[f"extra/simplex/{name}"], name, where))
+    sites["simplex"] = simplex
     if got_kind == "guide_posterior":
-        weight = meta.get("weight")
-        if weight is not None and not (isinstance(weight, (int, float)) and weight > 0):
-            raise ValueError(f"{where}: weight must be a positive number, got {weight!r}")
+        weight = meta["weight"]
+        if weight is not None:
+            _positive_number(weight, "weight", where)
         return dict(
             kind=got_kind, components=groups.get("components"), shared=groups.get("shared"), weight=weight, **sites
         )
-    result = None
-    if result_meta is not None:
-        extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
-        result = _read_result(where, groups["global"], extra, result_meta)
+    result = None if result_meta is None else _read_result(where, groups["global"], tensors, result_meta)
     return dict(kind=got_kind, result=result, shared=groups.get("shared"), **sites)
 
 
-def _read_sites(meta: Mapping[str, Any]) -> Dict[str, Any]:
+def _simplex_value(value: torch.Tensor, name: str, where: str) -> torch.Tensor:
+    """``value`` if it is nonnegative and its last axis sums to 1 (to :data:`SIMPLEX_TOLERANCE`)."""
+    if (value < 0).any():
+        raise ValueError(f"{where}, simplex site {name!r}: negative probabilities")
+    if value.dim() == 0 or not bool(((value.sum(-1) - 1).abs() <= SIMPLEX_TOLERANCE).all()):
+        raise ValueError(f"{where}, simplex site {name!r}: the last axis does not sum to 1")
+    return value
+
+
+def _read_sites(meta: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """The site layout of checked metadata: every map covers the right sites with values of
+    the right JSON types (ints are ints, not floats or bools; dims inside their site's shape)."""
+    maps = {key: _object(meta[key], key, where) for key in SITE_KEYS}
+    names = set(maps["site_shapes"])
+    if set(maps["sources"]) != names or set(maps["site_families"]) != names:
+        raise ValueError(f"{where}: sources/families do not cover the sites {_listing(names)}")
+    strays = (set(maps["component_dims"]) | set(maps["simplex_axes"])) - names
+    both = set(maps["component_dims"]) & set(maps["simplex_axes"])
+    if strays or both:
+        raise ValueError(f"{where}: component_dims/simplex_axes name sites {_listing(strays | both)} "
+                         "that have no shape or are listed in both")
+    shapes = {n: torch.Size(_ints(s, f"site_shapes[{_show(n)}]", where)) for n, s in maps["site_shapes"].items()}
+    dims = {}
+    for n, d in maps["component_dims"].items():
+        dims[n] = _int(d, f"component_dims[{_show(n)}]", where)
+        if dims[n] >= len(shapes[n]):
+            raise ValueError(f"{where}: component_dims[{_show(n)}] is {d}, its site has {len(shapes[n])} dims")
+    axes = {}
+    for n, a in maps["simplex_axes"].items():
+        axes[n] = _ints(a, f"simplex_axes[{_show(n)}]", where)
+        if not axes[n] or len(set(axes[n])) != len(axes[n]) or max(axes[n]) >= len(shapes[n]):
+            raise ValueError(f"{where}: simplex_axes[{_show(n)}] must be distinct dims of its "
+                             f"{len(shapes[n])}-dim site, got {list(axes[n])}")
+    for n, source in maps["sources"].items():
+        if not isinstance(source, str) or source not in SOURCES:
+            raise ValueError(f"{where}: sources[{_show(n)}] is {_show(source)}, expected one of {SOURCES}")
     return {
-        "component_dims": {n: int(d) for n, d in meta["component_dims"].items()},
-        "simplex_axes": {n: tuple(int(a) for a in axes) for n, axes in meta["simplex_axes"].items()},
-        "site_shapes": {n: torch.Size(s) for n, s in meta["site_shapes"].items()},
-        "sources": dict(meta["sources"]),
-        "site_families": {n: family_from_spec(s) for n, s in meta["site_families"].items()},
+        "component_dims": dims,
+        "simplex_axes": axes,
+        "site_shapes": shapes,
+        "sources": dict(maps["sources"]),
+        "site_families": {n: _family(s, f"site {_show(n)}", where) for n, s in maps["site_families"].items()},
     }
 
 
-def _field_family(sites: Mapping[str, Any], name: str, group: str):
+def _field_family(sites: Mapping[str, Any], name: str, group: str, where: str):
     """The family a field must have: the site's family with the site's other dims in its event."""
+    if name not in sites["site_shapes"]:
+        raise ValueError(f"{where}, field {group}/{name}: no such site")
     shape = list(sites["site_shapes"][name])
     if group != "shared":
         del shape[sites["component_dims"][name]]
     spec = sites["site_families"][name].spec()
     spec["event_shape"] = shape + list(spec["event_shape"])
-    return family_from_spec(spec)
+    return _family(spec, f"field {group}/{name}", where)
 
 
-def _sorted(groups) -> Any:
-    return {g: sorted(s) for g, s in sorted(groups.items())} if isinstance(groups, dict) else groups
+def _sorted(groups: Mapping[str, Iterable[str]]) -> str:
+    return "{" + ", ".join(f"{_show(g)}: {_listing(s)}" for g, s in sorted(groups.items())) + "}"
 
 
 def save_record(record: Mapping[str, Any], path: str) -> None:
@@ -408,6 +718,7 @@ def save_record(record: Mapping[str, Any], path: str) -> None:
     save_file(tensors, path, metadata={FORMAT: json.dumps(header)})
 
 
+@_briefly
 def load_record(path: str, kind: Optional[str] = None, max_width: Optional[int] = None) -> Dict[str, Any]:
     """Load and validate a file written by :func:`save_record` (see :func:`decode_record`)."""
     tensors, header = read_file(path)
