@@ -34,17 +34,43 @@ from pyro_fusion.expfam import Bernoulli, Beta, Categorical, DiagNormal, Dirichl
 from pyro_fusion.expfam import NormalWishart, PointMass, family_from_spec
 from test_inputs_untouched import PARAM_STORE, assert_unchanged, client_posteriors, snapshot
 
+try:
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from pyro_fusion.flower import KLFusion, receive_global, wire
+    from pyro_fusion.flower.strategy import MAX_REASON_CHARS
+    from test_flower import corrupt_array, good_reply, npy, set_header, set_metric, train_messages
+except (ImportError, pytest.skip.Exception):  # Flower is an optional dependency
+    TaskIdentity = None
+
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def flower_task():
+    """Flower messages can only be built inside a Flower task; pretend to be one."""
+    if TaskIdentity is None:
+        yield
+        return
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 class Bad(NamedTuple):
     """``inputs``: everything the caller holds; ``call``: the bad call; ``error``: the exception
-    type it must raise; ``names``: a regex the message must match (what it must name)."""
+    type it must raise; ``names``: a regex the message must match (what it must name);
+    ``digest``: for inputs that hold no tensors (Flower messages), a function of their
+    contents that must give the same value afterwards."""
 
     inputs: Any
     call: Callable[[], Any]
     error: type
     names: str
+    digest: Callable[[], Any] = lambda: None
 
 
 BAD: Dict[str, Callable[[pathlib.Path], Bad]] = {}
@@ -330,6 +356,133 @@ rows("file", {
 })
 
 
+# ----- Flower: replies to the strategy and the global posterior a client receives --------------
+
+
+def content_digest(contents) -> str:
+    """A digest of Flower message contents: every array's bytes and every config and metric."""
+    h = hashlib.sha256()
+    for content in contents:
+        for name in sorted(content):
+            record = content[name]
+            if isinstance(record, ArrayRecord):
+                for key in sorted(record):
+                    a = record[key]
+                    h.update(f"{name}/{key}:{a.dtype}:{a.shape}:{a.stype}".encode() + a.data)
+            else:
+                h.update(f"{name}:{sorted(record.items())!r}".encode())
+    return h.hexdigest()
+
+
+def reply_row(change: Callable, names: str, **strategy_kwargs):
+    """Node 13's reply changed by ``change(content)``, aggregated with two good replies: the
+    round must go on with nodes 11 and 12; the call raises the rejection reason as a ValueError."""
+
+    def factory(tmp_path):
+        strategy = KLFusion(max_width=100, max_num_examples=1000, **strategy_kwargs)
+        replies = [good_reply(m) for m in train_messages(strategy)]
+        change(replies[-1].content)
+
+        def call():
+            arrays, _ = strategy.aggregate_train(1, replies)
+            assert arrays is not None and set(strategy.assignments[1]) == {11, 12}, "the round must go on"
+            for rejection in strategy.rejections[1]:
+                assert rejection.node_id == 13 and len(rejection.reason) <= MAX_REASON_CHARS
+                raise ValueError(rejection.reason)
+
+        return Bad(strategy, call, ValueError, "node 13.*" + names, lambda: content_digest(r.content for r in replies))
+
+    return factory
+
+
+def global_row(change: Callable, names: str):
+    """A client receiving a round-2 message whose global posterior ``change(content)`` spoiled:
+    a ValueError naming the server, and the client's param store left as it was."""
+
+    def factory(tmp_path):
+        strategy = KLFusion(max_width=100, max_num_examples=1000)
+        arrays, _ = strategy.aggregate_train(1, [good_reply(m) for m in train_messages(strategy)])
+        message = train_messages(strategy, 2, arrays=arrays)[0]
+        message.content[wire.HEADER_KEY] = wire.header_record(strategy._header, 2)  # its own copy
+        change(message.content)
+        return Bad((), lambda: receive_global(message), ValueError, "server.*" + names,
+                   lambda: content_digest([message.content]))
+
+    return factory
+
+
+def set_raw_header(text: str):
+    def change(content):
+        content[wire.HEADER_KEY][wire.HEADER_FIELD] = text
+
+    return change
+
+
+def huge_npy_header(a):
+    """An array whose .npy header claims 10**13 elements (np.load would try to allocate them)."""
+    buffer = npy(a).data
+    fake = buffer.replace(repr(tuple(a.shape)).encode(), b"(10000000000000,)".ljust(len(repr(tuple(a.shape)))))
+    return Array(dtype=str(a.dtype), shape=(10**13,), stype="numpy.ndarray", data=fake)
+
+
+def float64_far_loc(a):
+    """Normal natural parameters (m / s^2, -1 / (2 s^2)) with loc 1e200 and scale 1, float64."""
+    far = np.empty(a.shape, dtype=np.float64)
+    far[:, 0::2], far[:, 1::2] = 1e200, -0.5
+    return npy(far)
+
+
+if TaskIdentity is not None:
+    rows("Flower reply", {
+        # item 1
+        "header nested 100,000 deep": reply_row(set_raw_header(DEEP), r"nested deeper than 32"),
+        # item 2
+        "npy header claiming 1e13 elements": reply_row(
+            corrupt_array("components/loc", huge_npy_header), r"array 'components/loc'.*\(10000000000000,\)"
+        ),
+        "data shorter than declared": reply_row(corrupt_array("components/loc", lambda a: Array(
+            dtype="float32", shape=tuple(a.shape), stype="numpy.ndarray", data=npy(a).data[:-4])), r"bytes of data for shape"),
+        # item 3
+        "result metadata in a reply": reply_row(
+            set_header(lambda h: h["metadata"].__setitem__("result", {"num_clients": 2_000_000})), r"unknown keys \['result'\]"
+        ),
+        # item 4: in-domain but extreme
+        "float32 natural parameters of 1e30": reply_row(
+            corrupt_array("components/loc", lambda a: npy(a * np.float32(1e30))), r"field 'loc': its KL cost terms.*too extreme"
+        ),
+        "float64 loc 1e200": reply_row(corrupt_array("components/loc", float64_far_loc), r"field 'loc': its KL cost terms"),
+        "extreme shared field under a custom fuser": reply_row(
+            corrupt_array("shared/noise", lambda a: npy(a * np.float32(1e30))), r"field 'noise'.*forward KL|field 'noise'",
+            fuser=lambda posts, weights: fuse_posteriors(posts, weights, price=1.0),
+        ),
+        # item 8, in replies
+        "component_dims 0.7": reply_row(
+            set_header(lambda h: h["metadata"]["component_dims"].__setitem__("loc", 0.7)), r"component_dims\['loc'\].*0\.7"
+        ),
+        "version true": reply_row(set_header(lambda h: h.__setitem__("version", True)), r"unsupported format/version"),
+        "server round true": reply_row(lambda c: c[wire.HEADER_KEY].__setitem__(wire.ROUND_FIELD, True), r"round must be"),
+        "header an int": reply_row(lambda c: c[wire.HEADER_KEY].__setitem__(wire.HEADER_FIELD, 7), r"header is 7"),
+        "point mass of scale 1e-200": reply_row(set_header(lambda h: h["metadata"]["site_families"].__setitem__(
+            "loc", {"family": "point_mass", "event_shape": [], "scale": 1e-200})), r"site 'loc'.*point_scale"),
+        # the strategy averages metrics: a list beside a number would have failed the round
+        "metric a list": reply_row(lambda c: c[wire.METRICS_KEY].__setitem__("loss", [1.0, 2.0]), r"metric 'loss'"),
+        "metric NaN": reply_row(lambda c: c[wire.METRICS_KEY].__setitem__("loss", math.nan), r"metric 'loss'.*nan"),
+        "num-examples a list": reply_row(set_metric([50]), r"num-examples must be an int.*\[50\]"),
+    })
+    rows("Flower global", {
+        "header nested 100,000 deep": global_row(set_raw_header(DEEP), r"nested deeper than 32"),
+        "two million clients": global_row(
+            set_header(lambda h: h["metadata"]["result"].__setitem__("num_clients", 2_000_000)), r"declares 2000000 clients"
+        ),
+        "npy header claiming 1e13 elements": global_row(
+            corrupt_array("global/loc", huge_npy_header), r"array 'global/loc'.*10000000000000"
+        ),
+        "server round a float": global_row(
+            lambda c: c[wire.HEADER_KEY].__setitem__(wire.ROUND_FIELD, 2.0), r"server round must be a nonnegative int, got 2\.0"
+        ),
+    })
+
+
 # ----- the test ------------------------------------------------------------------------------
 
 
@@ -338,7 +491,7 @@ def test_bad_input(name, tmp_path):
     pyro.param("caller.sentinel", torch.arange(3.0))  # a parameter of the caller's own
     row = BAD[name](tmp_path)
     roots = {"inputs": row.inputs, "param_store": PARAM_STORE}
-    before, files = snapshot(roots), files_digest(tmp_path)
+    before, files, digest = snapshot(roots), files_digest(tmp_path), row.digest()
     with pytest.raises(row.error) as info:
         row.call()
     message = str(info.value)
@@ -346,6 +499,7 @@ def test_bad_input(name, tmp_path):
     assert len(message) <= MAX_MESSAGE_CHARS, f"{len(message)} characters"
     assert_unchanged(before, roots)
     assert files_digest(tmp_path) == files, "files were modified"
+    assert row.digest() == digest, "messages were modified"
 
 
 # ----- mutated files: a clean rejection within a bounded amount of work -----------------------
@@ -441,3 +595,74 @@ def test_mutated_files_are_rejected_cleanly(data, kind, where):
             assert str(e).startswith(path), str(e)
             assert len(str(e)) <= MAX_MESSAGE_CHARS
         assert time.process_time() - start < WORK_BOUND_S
+
+
+# ----- mutated replies: the round goes on, the reply is accepted or cleanly rejected ----------
+
+if TaskIdentity is not None:
+    ARRAY_CHANGES = {
+        "float64": lambda a, junk: npy(a.astype(np.float64)),
+        "int64": lambda a, junk: npy(a.astype(np.int64)),
+        "float16 bytes declared float32": lambda a, junk: Array(
+            dtype="float32", shape=a.shape, stype="numpy.ndarray", data=npy(a.astype(np.float16)).data),
+        "drop a row": lambda a, junk: npy(a[:-1]),
+        "add a row": lambda a, junk: npy(np.concatenate([a, a[:1]])),
+        "flatten": lambda a, junk: npy(a.reshape(-1)),
+        "Fortran order": lambda a, junk: npy(np.asfortranarray(a)),
+        "truncated bytes": lambda a, junk: Array(dtype=str(a.dtype), shape=a.shape, stype="numpy.ndarray",
+                                                 data=npy(a).data[: len(junk)]),
+        "junk bytes": lambda a, junk: Array(dtype=str(a.dtype), shape=a.shape, stype="numpy.ndarray", data=junk),
+        "junk after the header": lambda a, junk: Array(dtype=str(a.dtype), shape=a.shape, stype="numpy.ndarray",
+                                                       data=npy(a).data[:128] + junk),
+        "declared shape lies": lambda a, junk: Array(dtype=str(a.dtype), shape=(a.shape[0] + 1,) + a.shape[1:],
+                                                     stype="numpy.ndarray", data=npy(a).data),
+        "npy header claiming 1e13 elements": lambda a, junk: huge_npy_header(a),
+        "scale by 1e30": lambda a, junk: npy(a * np.float32(1e30)),
+        "scale by 1e-30": lambda a, junk: npy(a * np.float32(1e-30)),
+        "nan": lambda a, junk: npy(np.full_like(a, np.nan)),
+        "negate": lambda a, junk: npy(-a),
+    }
+    ROUND_VALUES = st.one_of(st.integers(-3, 3), st.floats(allow_nan=True), st.booleans(), st.text(max_size=5))
+    METRIC_VALUES = st.one_of(
+        st.integers(-5, 2000), st.floats(allow_nan=True), st.lists(st.floats(-2, 2), max_size=3), st.lists(st.integers(0, 9), max_size=3)
+    )
+
+    def mutate_reply(data, content):
+        """One mutation of a reply: its header (JSON values anywhere, or its text), one array,
+        a metric or the round."""
+        part = data.draw(st.sampled_from(["header", "array", "metric", "round", "records"]))
+        if part == "header":
+            header = mutate_header(data, json.loads(content[wire.HEADER_KEY][wire.HEADER_FIELD]))
+            content[wire.HEADER_KEY][wire.HEADER_FIELD] = header if isinstance(header, str) else json.dumps(header)
+        elif part == "array":
+            arrays = content[wire.ARRAYS_KEY]
+            key = data.draw(st.sampled_from(sorted(arrays)))
+            change = data.draw(st.sampled_from(sorted(ARRAY_CHANGES)))
+            arrays[key] = ARRAY_CHANGES[change](arrays[key].numpy(), data.draw(st.binary(max_size=64)))
+        elif part == "metric":
+            name = data.draw(st.sampled_from([wire.NUM_EXAMPLES, "loss"]))
+            try:
+                content[wire.METRICS_KEY][name] = data.draw(METRIC_VALUES)
+            except TypeError:  # Flower itself refuses the value
+                pass
+        elif part == "round":
+            content[wire.HEADER_KEY][wire.ROUND_FIELD] = data.draw(ROUND_VALUES)
+        else:
+            name = data.draw(st.sampled_from(sorted(content)))
+            del content[name]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data(), direction=st.sampled_from(["reverse", "forward"]))
+    def test_mutated_reply_never_aborts_the_round(data, direction):
+        """Node 13's reply with one mutation is accepted or rejected with a short reason naming
+        it, within a bounded amount of work; nodes 11 and 12 are always fused."""
+        strategy = KLFusion(max_width=100, max_num_examples=1000, fuse_kwargs={"direction": direction, "price": 1.0})
+        replies = [good_reply(m) for m in train_messages(strategy)]
+        mutate_reply(data, replies[-1].content)
+        start = time.process_time()
+        arrays, metrics = strategy.aggregate_train(1, replies)
+        assert time.process_time() - start < WORK_BOUND_S
+        assert arrays is not None and {11, 12} <= set(strategy.assignments[1])
+        for rejection in strategy.rejections[1]:
+            assert rejection.node_id == 13 and rejection.reason.startswith("node 13")
+            assert len(rejection.reason) <= MAX_REASON_CHARS

@@ -55,13 +55,14 @@ def receive_global(message: Message, max_width: Optional[int] = None) -> GlobalR
 
     :param Message message: a train or evaluate message from :class:`KLFusion`.
     :param int max_width: the most global components accepted.
-    :raises ValueError: if the message is malformed.
+    :raises ValueError: if the message is malformed (the param store is then left as it was).
     """
-    pyro.clear_param_store()
-    record = message.content.config_records.get(wire.HEADER_KEY)
-    if record is None:
+    if message.content.config_records.get(wire.HEADER_KEY) is None:
         raise ValueError(f"message has no {wire.HEADER_KEY!r} ConfigRecord: not sent by KLFusion")
-    return GlobalRound(int(record[wire.ROUND_FIELD]), wire.read_global(message.content, "server", max_width))
+    server_round = wire.message_round(message.content, "server")
+    fused = wire.read_global(message.content, "server", max_width)
+    pyro.clear_param_store()
+    return GlobalRound(server_round, fused)
 
 
 def reply(
@@ -82,6 +83,6 @@ def reply(
     :param int num_examples: the number of local training examples (the fusion weight).
     :param dict metrics: scalar metrics to report (averaged by the server).
     """
-    server_round = int(message.content.config_records[wire.HEADER_KEY][wire.ROUND_FIELD])
+    server_round = wire.message_round(message.content, "train message")
     post = extract(guide, *args, weight=num_examples, **extract_kwargs)
     return Message(wire.reply_content(post, server_round, num_examples, metrics), reply_to=message)

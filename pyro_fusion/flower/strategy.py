@@ -1,6 +1,8 @@
 """A Flower strategy that fuses clients' mean-field guides of any width by KL-fusion."""
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -14,12 +16,19 @@ from flwr.supercore import log
 from torch.distributions import Normal
 
 from ..components import Components
+from ..cost import KLGeometry, check_direction
 from ..expfam import DiagNormal
+from ..io import brief
 from ..posterior import FusedPosterior, GuidePosterior
 from . import wire
 
 #: fuser signature: (client posteriors, their num-examples) -> global posterior (or a FusedModel holding it)
 Fuser = Callable[[Sequence[GuidePosterior], Sequence[float]], Any]
+
+#: the longest rejection reason kept in :attr:`KLFusion.history` and logged (characters)
+MAX_REASON_CHARS = 500
+#: how a fusion error names the client at fault, e.g. ``"client 3: ..."``
+_CLIENT_AT_FAULT = re.compile(r"client (\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,14 @@ class KLFusion(FedAvg):
     posterior of learned width, which is sent back for the next round.
 
     A reply that fails validation (see :func:`~pyro_fusion.flower.wire.read_reply`), comes
-    from a node that was not sampled, repeats a node, or does not describe the same model
-    as the first accepted reply is rejected: it is logged, recorded in
-    :attr:`rejections`, and the round goes on with the others.
+    from a node that was not sampled, repeats a node, does not describe the same model
+    as the first accepted reply, or whose components would make KL costs or the price
+    non-finite (:func:`check_magnitudes`) is rejected: it is logged, recorded in
+    :attr:`rejections` with a reason of at most :data:`MAX_REASON_CHARS` characters, and the
+    round goes on with the others. Any exception while decoding or validating one reply
+    rejects that reply only; a fusion error that names one client (``"client j: ..."``)
+    rejects that client's reply and fusion is retried without it; any other fusion error
+    keeps the previous global posterior. :meth:`aggregate_train` never raises.
 
     Example::
 
@@ -104,6 +118,7 @@ class KLFusion(FedAvg):
             raise ValueError(f"prior_scale must be positive, got {prior_scale}")
         if fuser is not None and (fuse_kwargs or prior_scale is not None):
             raise ValueError("pass either fuser or fuse_kwargs/prior_scale, not both")
+        check_direction(dict(fuse_kwargs or {}).get("direction", "reverse"))
         super().__init__(weighted_by_key=wire.NUM_EXAMPLES, arrayrecord_key=wire.ARRAYS_KEY, **kwargs)
         self.max_width = max_width
         self.max_num_examples = max_num_examples
@@ -166,31 +181,24 @@ class KLFusion(FedAvg):
         """
         expected = self._sampled.get(server_round, set())
         accepted: Dict[int, GuidePosterior] = {}
-        contents: List[RecordDict] = []
+        contents: Dict[int, RecordDict] = {}
         rejections: List[Rejection] = []
         for message in replies:
             node = message.metadata.src_node_id
             try:
                 post = self._read(message, node, server_round, expected, accepted)
-            except ValueError as e:
-                rejections.append(Rejection(node, str(e)))
-                log(WARNING, "aggregate_train: rejected the reply of node %s: %s", node, e)
+            except Exception as e:  # noqa: BLE001 - whatever one reply does, it is rejected alone
+                _reject(rejections, node, e)
                 continue
             accepted[node] = post
-            contents.append(message.content)
+            contents[node] = message.content
+        fused = self._fuse_accepted(accepted, rejections) if accepted else None
         log(INFO, "aggregate_train: %d replies accepted, %d rejected", len(accepted), len(rejections))
         metrics = MetricRecord({"num-accepted": len(accepted), "num-rejected": len(rejections)})
-        posts = list(accepted.values())
-        weights = [p.weight for p in posts]
-        fused = None
-        if posts:
-            try:
-                fused = self._fuse(posts, weights)
-            except ValueError as e:
-                log(WARNING, "aggregate_train: fusion failed, keeping the previous global posterior: %s", e)
         if fused is None:
             self.history[server_round] = RoundFusion({}, 0, torch.zeros(0, dtype=torch.long), float("nan"), rejections)
             return None, metrics
+        weights = [p.weight for p in accepted.values()]
         arrays, self._header = wire.encode(fused)
         self.global_posterior = fused
         result = fused.result
@@ -200,7 +208,7 @@ class KLFusion(FedAvg):
         else:
             assignments, support, objective = {}, torch.zeros(0, dtype=torch.long), float("nan")
         self.history[server_round] = RoundFusion(assignments, fused.num_global, support, objective, rejections)
-        client_metrics = self.train_metrics_aggr_fn(contents, wire.NUM_EXAMPLES)
+        client_metrics = self.train_metrics_aggr_fn([contents[n] for n in accepted], wire.NUM_EXAMPLES)
         metrics = MetricRecord({
             **{k: v for k, v in client_metrics.items() if k != wire.NUM_EXAMPLES},
             **metrics,
@@ -223,7 +231,29 @@ class KLFusion(FedAvg):
         post = wire.read_reply(message.content, where, server_round, self.max_width, self.max_num_examples)
         if accepted:
             _check_same_model(post, next(iter(accepted.values())), where)
+        directions = ("reverse", "forward") if self.fuser is not None else (self.fuse_kwargs.get("direction", "reverse"),)
+        for group in (post.components, post.shared):
+            for direction in directions if group is not None else ():
+                check_magnitudes(group, direction, where)
         return post
+
+    def _fuse_accepted(self, accepted: Dict[int, GuidePosterior], rejections: List[Rejection]) -> Optional[FusedPosterior]:
+        """Fuse the accepted replies (in place: a reply fusion blames is removed and rejected)."""
+        while accepted:
+            nodes = list(accepted)
+            posts = [accepted[n] for n in nodes]
+            try:
+                return self._fuse(posts, [p.weight for p in posts])
+            except Exception as e:  # noqa: BLE001 - a fusion error never aborts the round
+                at_fault = _CLIENT_AT_FAULT.match(str(e)) if isinstance(e, ValueError) else None
+                if at_fault is None or int(at_fault.group(1)) >= len(nodes):
+                    log(WARNING, "aggregate_train: fusion failed, keeping the previous global posterior: %s",
+                        brief(f"{type(e).__name__}: {e}", MAX_REASON_CHARS))
+                    return None
+                node = nodes[int(at_fault.group(1))]
+                _reject(rejections, node, ValueError(f"node {node}: fusion refused its reply: {e}"))
+                del accepted[node]
+        return None
 
     def _fuse(self, posts: List[GuidePosterior], weights: List[float]) -> FusedPosterior:
         if self.fuser is not None:  # a FusedPosterior, or a FusedModel holding one
@@ -233,6 +263,54 @@ class KLFusion(FedAvg):
         if self.prior_scale is not None and "prior" not in kwargs and posts[0].components is not None:
             kwargs["prior"] = zero_mean_prior(posts[0].components, self.prior_scale)
         return FusedPosterior.from_posteriors(posts, weights, **kwargs)
+
+
+def _reject(rejections: List[Rejection], node: int, error: Exception) -> None:
+    """Record and log a rejection: the reason names the node and is at most :data:`MAX_REASON_CHARS` long."""
+    reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+    if not reason.startswith(f"node {node}"):
+        reason = f"node {node}: {reason}"
+    reason = brief(reason, MAX_REASON_CHARS)
+    rejections.append(Rejection(node, reason))
+    log(WARNING, "aggregate_train: rejected the reply of node %s: %s", node, reason)
+
+
+def check_magnitudes(components: Components, direction: str, where: str) -> None:
+    """
+    Raise :class:`ValueError` naming ``where`` and the field unless the KL cost terms of
+    ``components`` fit their dtype with room to spare. In the averaging space of
+    ``direction`` (:class:`~pyro_fusion.cost.KLGeometry`), with ``max`` the largest number of
+    the components' dtype and ``F`` their number of fields, each field's coordinates ``x``
+    and gradients ``y`` must have norms below ``sqrt(max / F) * 2**-12`` and its potentials
+    ``Phi(x)`` and offsets ``c`` magnitudes below ``max / F * 2**-24``. Then every cost
+    ``Phi(x_l) + c_g - <x_l, y_g>`` between two sets of components that pass, and any sum of
+    up to ``2**20`` of them, is finite: one reply cannot make the costs or the price NaN
+    (float32 natural parameters of 1e30 did, and changed a round's width from 4 to 9).
+
+    Example::
+
+        >>> check_magnitudes(post.components, "reverse", "node 17")  # in KLFusion, per reply
+
+    :param Components components: one reply's components.
+    :param str direction: the KL direction of the fusion.
+    :param str where: how to name the sender.
+    """
+    big = torch.finfo(components.dtype).max
+    norm_limit = math.sqrt(big / len(components.fields)) * 2.0**-12
+    term_limit = big / len(components.fields) * 2.0**-24
+    for name, f in components.fields.items():
+        geometry = KLGeometry({name: f.family}, direction)
+        with torch.no_grad():
+            x = geometry.coordinates(f.natural.double())
+            y, c, phi = geometry.dual(x)
+            norms = torch.stack([x.norm(dim=-1).max(), y.norm(dim=-1).max()])
+            terms = torch.stack([phi.abs().max(), c.abs().max()])
+        worst = float(torch.maximum(norms.max() / norm_limit, terms.max() / term_limit))
+        if not worst < 1:
+            raise ValueError(
+                f"{where}, field {name!r}: its KL cost terms are {worst:.3g} times what {components.dtype} "
+                f"cost matrices can hold next to other replies ({direction} KL); its parameters are too extreme"
+            )
 
 
 def _check_same_model(post: GuidePosterior, ref: GuidePosterior, where: str) -> None:
