@@ -43,6 +43,7 @@ from .cost import DIRECTIONS
 from .deprecation import moved
 from .expfam import family_from_spec
 from .expfam.base import check_shape
+from .simplex import check_simplex
 
 FORMAT = "pyro_fusion"
 VERSION = 1
@@ -514,8 +515,6 @@ POSTERIOR_KINDS = ("guide_posterior", "fused_posterior")
 SOURCES = ("autonormal", "delta", "distribution", "transformed")
 #: the metadata keys of a site layout
 SITE_KEYS = ("component_dims", "simplex_axes", "site_shapes", "sources", "site_families")
-#: how far the rows of a simplex site's value may sum from 1
-SIMPLEX_TOLERANCE = 1e-3
 
 
 def _site_metadata(record: Mapping[str, Any]) -> Dict[str, Any]:
@@ -637,7 +636,7 @@ def decode_record(
         groups[group].check(f"{where}, group {group!r}")
     simplex = {}
     for name, axes in simplex_axes.items():
-        simplex[name] = (axes, _simplex_value(tensors[f"extra/simplex/{name}"], name, where))
+        simplex[name] = (axes, check_simplex(tensors[f"extra/simplex/{name}"], f"{where}, simplex site {name!r}"))
     sites["simplex"] = simplex
     if got_kind == "guide_posterior":
         weight = meta["weight"]
@@ -648,15 +647,6 @@ def decode_record(
         )
     result = None if result_meta is None else _read_result(where, groups["global"], tensors, result_meta)
     return dict(kind=got_kind, result=result, shared=groups.get("shared"), **sites)
-
-
-def _simplex_value(value: torch.Tensor, name: str, where: str) -> torch.Tensor:
-    """``value`` if it is nonnegative and its last axis sums to 1 (to :data:`SIMPLEX_TOLERANCE`)."""
-    if (value < 0).any():
-        raise ValueError(f"{where}, simplex site {name!r}: negative probabilities")
-    if value.dim() == 0 or not bool(((value.sum(-1) - 1).abs() <= SIMPLEX_TOLERANCE).all()):
-        raise ValueError(f"{where}, simplex site {name!r}: the last axis does not sum to 1")
-    return value
 
 
 def _read_sites(meta: Mapping[str, Any], where: str) -> Dict[str, Any]:

@@ -20,6 +20,8 @@ as constrained point values and rebuilt after matching; every other latent site 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -40,7 +42,9 @@ from torch.distributions import Independent, TransformedDistribution, biject_to
 
 from .components import Components
 from .expfam import DiagNormal, ElementwiseFamily, ExponentialFamily, PointMass, family_from_spec, family_of
+from .expfam.base import check_positive_real
 from .posterior import GuidePosterior
+from .simplex import check_simplex
 
 
 @dataclass
@@ -90,13 +94,16 @@ def _site_estimates_autonormal(guide: AutoNormal) -> Dict[str, SiteEstimate]:
         loc = functools.reduce(getattr, name.split("."), guide.locs).detach()
         scale = functools.reduce(getattr, name.split("."), guide.scales).detach()
         value = biject_to(site["fn"].support)(loc)
-        out[name] = _normal_estimate(loc, scale, value)
+        out[name] = _normal_estimate(name, loc, scale, value)
     return out
 
 
-def _normal_estimate(loc: Tensor, scale: Tensor, value: Tensor) -> SiteEstimate:
+def _normal_estimate(name: str, loc: Tensor, scale: Tensor, value: Tensor) -> SiteEstimate:
     family = DiagNormal(())
-    natural = family.natural(loc, scale).reshape(loc.shape + (2,))
+    try:
+        natural = family.natural(loc, scale).reshape(loc.shape + (2,))
+    except ValueError as e:
+        raise ValueError(f"site {name!r}: {e}") from None
     return SiteEstimate(family, natural, "autonormal", value.detach())
 
 
@@ -114,7 +121,7 @@ def _site_estimates_diagonal(guide: AutoDiagonalNormal) -> Dict[str, SiteEstimat
         size = shape.numel()
         site_loc = loc[pos : pos + size].reshape(shape)
         site_scale = scale[pos : pos + size].reshape(shape)
-        out[name] = _normal_estimate(site_loc, site_scale, biject_to(site["fn"].support)(site_loc))
+        out[name] = _normal_estimate(name, site_loc, site_scale, biject_to(site["fn"].support)(site_loc))
         pos += size
     if pos != loc.numel():
         raise ValueError(f"{type(guide).__name__}: latent layout does not match its {loc.numel()} parameters")
@@ -130,7 +137,10 @@ def _site_estimates_delta(guide: AutoDelta, point_scale: Optional[float]) -> Dic
         value = medians[name].detach()
         unconstrained = biject_to(site["fn"].support).inv(value)
         family = PointMass((), scale=point_scale)
-        natural = family.natural(unconstrained).reshape(unconstrained.shape + (1,))
+        try:
+            natural = family.natural(unconstrained).reshape(unconstrained.shape + (1,))
+        except ValueError as e:
+            raise ValueError(f"site {name!r}: {e}") from None
         out[name] = SiteEstimate(family, natural, "delta", value)
     return out
 
@@ -168,9 +178,12 @@ def _site_estimates_traced(guide: Callable, args, kwargs, point_scale) -> Dict[s
                 raise ValueError(f"site {name!r} is a Delta: pass point_scale=... to read it as PointMass")
         try:
             family = family_of(base, component_dims=len(base.batch_shape), point_scale=point_scale)
-            natural = family.natural_from_distribution(base)
         except ValueError as e:
             raise ValueError(f"site {name!r}: {e}. {NON_MEAN_FIELD_HINT}") from None
+        try:
+            natural = family.natural_from_distribution(base)
+        except ValueError as e:  # parameters outside the family's domain, e.g. a negative scale
+            raise ValueError(f"site {name!r}: {e}") from None
         try:
             value = fn.mean
         except NotImplementedError:
@@ -187,7 +200,13 @@ def site_estimates(
     Every latent site of a trained mean-field guide as a :class:`SiteEstimate`.
 
     Reads only: the guide, the model, the param store and the RNG state are left as they were.
+
+    :raises ValueError: naming the site whose parameters are outside its family's domain
+        (e.g. a negative scale in a guide built with ``validate_args=False``), or naming
+        ``point_scale`` if it is not a positive real number with a finite square and inverse square.
     """
+    if point_scale is not None:
+        point_scale = check_positive_real(point_scale, "point_scale")
     if isinstance(guide, AutoGuideList):
         out: Dict[str, SiteEstimate] = {}
         for part in guide:
@@ -239,9 +258,15 @@ def extract(
     :param list exclude: sites to leave out (e.g. per-datum local latent variables).
     :param float point_scale: scale to read point estimates (AutoDelta, Delta sites) with.
     :param float weight: the client's fusion weight, e.g. its number of data points.
+    :raises ValueError: naming the argument or site at fault: dimensions that are not ints,
+        a simplex site whose value is not on a simplex (its last axis must sum to 1), a
+        non-positive or non-finite weight, sites outside their family's domain, ...
     """
-    components = dict(components or {})
-    simplex = {k: tuple(v) for k, v in (simplex or {}).items()}
+    components, simplex, exclude = _check_layout(components, simplex, exclude)
+    if weight is not None and (
+        isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (math.isfinite(weight) and weight > 0)
+    ):
+        raise ValueError(f"weight must be positive and finite (a real number), got {weight!r}")
     estimates = site_estimates(guide, *args, point_scale=point_scale, **kwargs)
     for name in list(components) + list(simplex) + list(exclude):
         if name not in estimates:
@@ -258,7 +283,8 @@ def extract(
         sources[name] = est.source
         families[name] = est.family
         if name in simplex:
-            simplex_values[name] = (_positive_dims(simplex[name], est.value.dim(), name), est.value)
+            value = check_simplex(est.value, f"site {name!r} listed in simplex=")
+            simplex_values[name] = (_positive_dims(simplex[name], est.value.dim(), name), value)
         elif name in components:
             value_dim = est.value.dim()
             dim = _positive_dims([components[name]], value_dim, name)[0]
@@ -285,8 +311,6 @@ def extract(
         comps.check("guide")
     if shared is not None:
         shared.check("guide")
-    if weight is not None and not weight > 0:
-        raise ValueError(f"weight must be positive, got {weight}")
     return GuidePosterior(
         component_dims=dims,
         simplex=simplex_values,
@@ -297,6 +321,29 @@ def extract(
         shared=shared,
         weight=weight,
     )
+
+
+def _check_layout(components, simplex, exclude):
+    """``extract``'s site arguments as a dict of int dims, a dict of int tuples and a list of
+    names; ValueError naming the argument otherwise (no float or bool dims, no bare string)."""
+
+    def dims(value, what):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (str, bytes)) or not values or any(isinstance(d, bool) or not isinstance(d, int) for d in values):
+            raise ValueError(f"{what} must be {'ints' if isinstance(value, (list, tuple)) else 'an int'}, got {value!r}")
+        return value
+
+    for what, value in (("components", components), ("simplex", simplex)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"{what} must be a dict of site name -> dimension(s), got {type(value).__name__}")
+    axes = {}
+    for k, v in (simplex or {}).items():
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"simplex[{k!r}] must be a list of ints, got {v!r}")
+        axes[k] = tuple(dims(v, f"simplex[{k!r}]"))
+    if isinstance(exclude, (str, bytes)) or not all(isinstance(n, str) for n in exclude):
+        raise ValueError(f"exclude must be a list of site names, got {exclude!r}")
+    return {k: dims(v, f"components[{k!r}]") for k, v in (components or {}).items()}, axes, list(exclude)
 
 
 def _positive_dims(dims: Sequence[int], ndim: int, name: str) -> Tuple[int, ...]:

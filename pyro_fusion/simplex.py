@@ -14,6 +14,31 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+#: how far the last axis of a simplex value may sum from 1 (float32 rounding over many entries)
+SIMPLEX_TOLERANCE = 1e-3
+
+
+def check_simplex(value: Tensor, what: str) -> Tensor:
+    """
+    ``value`` if it is a nonnegative tensor of at least one dimension whose last axis sums to 1
+    (to :data:`SIMPLEX_TOLERANCE`), else :class:`ValueError` naming ``what``.
+
+    Example::
+
+        >>> check_simplex(torch.tensor([[0.2, 0.8], [0.5, 0.5]]), "site 'weights'")
+        tensor([[0.2000, 0.8000],
+                [0.5000, 0.5000]])
+    """
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        raise ValueError(f"{what}: a simplex value must be a tensor with a last axis")
+    if not bool((value >= 0).all()):
+        raise ValueError(f"{what}: negative probabilities (or NaN): not on a simplex")
+    total = value.sum(-1)
+    if not bool(((total - 1).abs() <= SIMPLEX_TOLERANCE).all()):
+        worst = float((total - 1).abs().max())
+        raise ValueError(f"{what}: the last axis does not sum to 1 (off by up to {worst:.3g}): not on a simplex")
+    return value
+
 
 def rebuild_simplex(
     values: Sequence[Tensor],
@@ -40,8 +65,15 @@ def rebuild_simplex(
     :param Tensor weights: client weights the values are scaled by.
     :param int num_global: number of global components.
     :param concentration: the prior's concentration, for entries no client saw (a number
-        or a tensor broadcastable to the result).
+        or a tensor broadcastable to the result), nonnegative and finite.
+    :raises ValueError: naming ``simplex_concentration`` if it is negative or not finite, or
+        the client whose value does not match its assignment.
     """
+    if not bool(torch.isfinite(torch.as_tensor(concentration, dtype=torch.float64)).all()) or bool(
+        (torch.as_tensor(concentration) < 0).any()
+    ):
+        got = concentration if isinstance(concentration, (int, float)) else "a tensor with negative or non-finite entries"
+        raise ValueError(f"simplex_concentration (the prior's concentration) must be nonnegative and finite, got {got}")
     axes = list(axes)
     moved = [v.movedim(axes, list(range(len(axes)))) for v in values]
     rest = moved[0].shape[len(axes):]

@@ -9,6 +9,7 @@ holds, the whole Pyro param store and every file in the test's folder must be bi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,7 +33,21 @@ from pyro_fusion import Components, FusedPosterior, FusionResult, GuidePosterior
 from pyro_fusion.io import FORMAT, MAX_HEADER_CHARS, MAX_MESSAGE_CHARS, load_components, save_components
 from pyro_fusion.expfam import Bernoulli, Beta, Categorical, DiagNormal, Dirichlet, Gamma, MultivariateNormal
 from pyro_fusion.expfam import NormalWishart, PointMass, family_from_spec
-from test_inputs_untouched import PARAM_STORE, assert_unchanged, client_posteriors, snapshot
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+
+from pyro_fusion import extract, fuse
+from test_inputs_untouched import (
+    DATA,
+    K,
+    PARAM_STORE,
+    assert_unchanged,
+    client_posteriors,
+    mixed_clients,
+    mixture_model,
+    normal_clients,
+    snapshot,
+    train,
+)
 
 try:
     import numpy as np
@@ -190,6 +205,100 @@ rows("Components", {
     "int64": components_row(torch.zeros(3, 2, dtype=torch.int64), r"field 'x'.*int64"),
     "not a family": components_row(torch.zeros(3, 2), r"field 'x'.*ExponentialFamily.*str", family="normal"),
     "wrong width": components_row(torch.zeros(3, 3), r"field 'x'.*shape \[L, 2\]"),
+})
+
+
+# ----- extract ----------------------------------------------------------------------------------
+
+
+def extract_row(names: str, guide_type=AutoNormal, **kwargs):
+    """A trained guide of the mixture model (its parameters in the param store) read with bad
+    ``extract`` arguments."""
+
+    def factory(tmp_path):
+        guide = train(guide_type(mixture_model), seed=0)
+        return Bad(guide, lambda: extract(guide, K, DATA, **kwargs), ValueError, names)
+
+    return factory
+
+
+def negative_scale_guide(K=3):
+    """A hand-written guide whose Normal scale is negative (validate_args=False)."""
+    loc = pyro.param("hw_loc", torch.zeros(K, 2))
+    scale = pyro.param("hw_scale", -torch.ones(K, 2))
+    with pyro.plate("c", K):
+        pyro.sample("x", dist.Normal(loc, scale, validate_args=False).to_event(1))
+
+
+def hand_written_row(guide: Callable, names: str, **kwargs):
+    def factory(tmp_path):
+        guide()  # create its parameters, as training would
+        return Bad(guide, lambda: extract(guide, components={"x": 0}, **kwargs), ValueError, names)
+
+    return factory
+
+
+rows("extract", {
+    "simplex on a real-valued site": extract_row(
+        r"site 'loc' listed in simplex=.*not on a simplex", components={"scale": 0}, simplex={"loc": [0]}
+    ),
+    "negative scale in a hand-written guide": hand_written_row(negative_scale_guide, r"site 'x': DiagNormal: scale must be positive"),
+    "point_scale inf": extract_row(r"point_scale.*inf", AutoDelta, point_scale=math.inf, components={"loc": 0}),
+    "point_scale 1e200": extract_row(r"point_scale.*1e\+200", AutoDelta, point_scale=1e200, components={"loc": 0}),
+    "point_scale 1e-200": extract_row(r"point_scale.*1e-200", AutoDelta, point_scale=1e-200, components={"loc": 0}),
+    "point_scale too small for float32 values": extract_row(
+        r"site '\w+': PointMass.*scale 1e-30 overflow", AutoDelta, point_scale=1e-30, components={"loc": 0}
+    ),
+    "point_scale a string": extract_row(r"point_scale.*str", AutoDelta, point_scale="0.1", components={"loc": 0}),
+    "component dim 0.5": extract_row(r"components\['loc'\] must be an int, got 0.5", components={"loc": 0.5}),
+    "component dim true": extract_row(r"components\['loc'\] must be an int, got True", components={"loc": True}),
+    "simplex axes not a list": extract_row(r"simplex\['weights'\] must be a list of ints, got 0", simplex={"weights": 0}),
+    "exclude a bare string": extract_row(r"exclude must be a list of site names, got 'noise'", exclude="noise"),
+    "weight true": extract_row(r"weight must be positive.*True", weight=True, components={"loc": 0}),
+    "weight inf": extract_row(r"weight must be positive and finite.*inf", weight=math.inf, components={"loc": 0}),
+    "weight a string": extract_row(r"weight must be positive.*'3'", weight="3", components={"loc": 0}),
+    "unknown site": extract_row(r"site 'locs' is not a latent site", components={"locs": 0}),
+})
+
+
+# ----- fuse and fuse_posteriors -------------------------------------------------------------------
+
+
+def fuse_row(names: str, clients: Callable = normal_clients, **kwargs):
+    def factory(tmp_path):
+        comps = clients()
+        return Bad(comps, lambda: fuse(comps, **kwargs), ValueError, names)
+
+    return factory
+
+
+def fuse_posteriors_row(names: str, change: Callable = lambda posts: posts, **kwargs):
+    def factory(tmp_path):
+        posts = change(list(valid_posteriors()[0]))
+        return Bad(posts, lambda: fuse_posteriors(posts, **kwargs), ValueError, names)
+
+    return factory
+
+
+rows("fuse", {
+    "no clients": fuse_row(r"at least one client", clients=list),
+    "a client that is not Components": fuse_row(r"client 1: expected Components, got str", clients=lambda: [normal_clients()[0], "x"]),
+    "clients with other fields": fuse_row(r"client 1 has fields", clients=lambda: mixed_clients()[:1] + normal_clients()[:1]),
+    "negative weight": fuse_row(r"client 1: weight must be positive", weights=[1.0, -1.0, 1.0]),
+    "unknown direction": fuse_row(r"unknown direction 'up'", direction="up"),
+    "num_global zero": fuse_row(r"num_global must be a positive integer", num_global=0),
+    "negative price": fuse_row(r"price must be positive and finite, got -1", price=-1.0),
+    "unknown price rule": fuse_row(r"unknown price rule 'median'", price="median"),
+    "unknown combine": fuse_row(r"unknown combine 'sum'", combine="sum"),
+    "product without prior": fuse_row(r"combine=\"product\" needs the prior", combine="product"),
+})
+rows("fuse_posteriors", {
+    "no clients": fuse_posteriors_row(r"at least one client", change=lambda posts: []),
+    "clients of other models": fuse_posteriors_row(
+        r"client 1: component_dims", change=lambda posts: [posts[0], dataclasses.replace(posts[1], component_dims={"loc": 0})]
+    ),
+    "negative simplex concentration": fuse_posteriors_row(r"simplex_concentration.*-1", simplex_concentration=-1.0),
+    "NaN simplex concentration": fuse_posteriors_row(r"simplex_concentration.*nan", simplex_concentration=math.nan),
 })
 
 
