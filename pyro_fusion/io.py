@@ -509,11 +509,11 @@ def load_result_record(path: str) -> Dict[str, Any]:
 
 
 #: the site layout every posterior record holds
-SITE_FIELDS = ("component_dims", "simplex", "site_shapes", "sources", "site_families")
+SITE_FIELDS = ("component_dims", "simplex", "site_shapes", "sources", "site_families", "supports")
 POSTERIOR_KINDS = ("guide_posterior", "fused_posterior")
 #: the guide kinds a site may come from (see :class:`~pyro_fusion.readout.SiteEstimate`)
 SOURCES = ("autonormal", "delta", "distribution", "transformed")
-#: the metadata keys of a site layout
+#: the metadata keys of a site layout (and ``"supports"``, absent from files of 0.1)
 SITE_KEYS = ("component_dims", "simplex_axes", "site_shapes", "sources", "site_families")
 
 
@@ -524,6 +524,7 @@ def _site_metadata(record: Mapping[str, Any]) -> Dict[str, Any]:
         "site_shapes": {n: list(s) for n, s in record["site_shapes"].items()},
         "sources": record["sources"],
         "site_families": {n: f.spec() for n, f in record["site_families"].items()},
+        "supports": dict(record["supports"]),
     }
 
 
@@ -585,9 +586,9 @@ def decode_record(
     if got_kind not in POSTERIOR_KINDS or (kind is not None and got_kind != kind):
         raise ValueError(f"{where}: malformed header: holds a {_show(got_kind)}, expected a {kind or 'posterior'!r}")
     if got_kind == "guide_posterior":
-        _exact_keys(meta, ("kind", "weight") + SITE_KEYS, (), "metadata", where)
+        _exact_keys(meta, ("kind", "weight") + SITE_KEYS, ("supports",), "metadata", where)
     else:
-        _exact_keys(meta, ("kind",) + SITE_KEYS, ("result",), "metadata", where)
+        _exact_keys(meta, ("kind",) + SITE_KEYS, ("supports", "result"), "metadata", where)
     sites = _read_sites(meta, where)
     specs = header["groups"]
     names = set(sites["site_shapes"])
@@ -676,12 +677,17 @@ def _read_sites(meta: Mapping[str, Any], where: str) -> Dict[str, Any]:
     for n, source in maps["sources"].items():
         if not isinstance(source, str) or source not in SOURCES:
             raise ValueError(f"{where}: sources[{_show(n)}] is {_show(source)}, expected one of {SOURCES}")
+    supports = _object(meta.get("supports", {}), "supports", where)
+    for n, support in supports.items():
+        if n not in names or not isinstance(support, str):
+            raise ValueError(f"{where}: supports[{_show(n)}] is {_show(support)}, expected a site's support name")
     return {
         "component_dims": dims,
         "simplex_axes": axes,
         "site_shapes": shapes,
         "sources": dict(maps["sources"]),
         "site_families": {n: _family(s, f"site {_show(n)}", where) for n, s in maps["site_families"].items()},
+        "supports": dict(supports),
     }
 
 

@@ -14,7 +14,7 @@ a JSON header for files and Flower messages.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,6 +27,7 @@ from .components import Components
 from .expfam import DiagNormal, ExponentialFamily, PointMass
 from .fusion import FusionResult, client_weights, fuse
 from .simplex import rebuild_simplex
+from .supports import support_name
 
 
 @dataclass
@@ -41,6 +42,8 @@ class SiteLayout:
     :ivar dict sources: site -> ``"autonormal"``, ``"delta"``, ``"distribution"`` or
         ``"transformed"`` (see :class:`~pyro_fusion.readout.SiteEstimate`).
     :ivar dict site_families: site -> family of its guide distribution (batch over the shape).
+    :ivar dict supports: site -> :func:`~pyro_fusion.supports.support_name` of its support
+        (empty for posteriors saved before supports were recorded).
     """
 
     component_dims: Dict[str, int]
@@ -48,6 +51,23 @@ class SiteLayout:
     site_shapes: Dict[str, torch.Size]
     sources: Dict[str, str]
     site_families: Dict[str, ExponentialFamily]
+    supports: Dict[str, str] = field(default_factory=dict)
+
+    def check_support(self, name: str, support) -> None:
+        """
+        Raise :class:`ValueError` naming the site unless a model's ``support`` for site
+        ``name`` is the one the clients' site had (when recorded): values fused in the
+        unconstrained space of one support mean something else under another.
+
+        :param str name: the site.
+        :param Constraint support: the model site's support.
+        """
+        saved = self.supports.get(name)
+        if saved is not None and saved != support_name(support):
+            raise ValueError(
+                f"site {name!r}: the model's support is {support_name(support)}, the clients' site had "
+                f"{saved}; the fused values live in the unconstrained space of {saved}"
+            )
 
     #: the record kind of a subclass (see :mod:`pyro_fusion.io`)
     kind: ClassVar[str] = ""
@@ -151,15 +171,15 @@ class FusedPosterior(SiteLayout):
         """
         return writeback.fused_guide(self, model, *args, init_scale=init_scale, **kwargs)
 
-    def write_params(self, guide: Callable, *args, **kwargs) -> Dict[str, str]:
+    def write_params(self, guide: Callable, *args, **kwargs) -> Dict[str, Dict[str, str]]:
         """
-        Fill a hand-written guide's parameters with the fused values; see
-        :func:`~pyro_fusion.writeback.write_params`.
+        Fill a hand-written guide's parameters with the fused values (every site checked
+        before any is written); see :func:`~pyro_fusion.writeback.write_params`.
 
         Example::
 
             >>> fused.write_params(lda_guide, docs, num_topics=fused.num_global)
-            {'topics': 'topic_concentration'}
+            {'topics': {'concentration': 'topic_concentration'}}
         """
         return writeback.write_params(self, guide, *args, **kwargs)
 
@@ -202,7 +222,7 @@ class FusedPosterior(SiteLayout):
             raise ValueError("fusing posteriors needs at least one client")
         ref = posteriors[0]
         for j, p in enumerate(posteriors):
-            for attr in ("component_dims", "sources", "site_families"):
+            for attr in ("component_dims", "sources", "site_families", "supports"):
                 if getattr(p, attr) != getattr(ref, attr):
                     raise ValueError(
                         f"client {j}: {attr} {getattr(p, attr)} differ from client 0's {getattr(ref, attr)}"
@@ -257,6 +277,7 @@ class FusedPosterior(SiteLayout):
             site_shapes=shapes,
             sources=dict(ref.sources),
             site_families=dict(ref.site_families),
+            supports=dict(ref.supports),
             result=result,
             shared=shared,
         )

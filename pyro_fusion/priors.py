@@ -45,20 +45,35 @@ class FusedSitePrior(pyro.distributions.TransformedDistribution):
 class _PriorReplacement(Messenger):
     """Replaces the prior of each site in ``sites`` by ``_prior(name, fn)``, whose event and
     batch shapes must be the site's (only extra leading batch dims of the site, e.g.
-    vectorised particles, are broadcast)."""
+    vectorised particles, are broadcast). A run of the model that samples none of some of
+    ``sites`` raises :class:`ValueError` naming them (they would be silently ignored)."""
 
     def __init__(self, sites, size_hint: str):
         super().__init__()
         self.sites = set(sites)
         self.size_hint = size_hint
+        self._replaced: set = set()
 
     def _prior(self, name: str, fn: Distribution) -> Distribution:
         raise NotImplementedError
+
+    def __enter__(self):
+        self._replaced = set()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        result = super().__exit__(exc_type, exc_value, traceback)
+        unseen = self.sites - self._replaced
+        if exc_type is None and unseen:
+            raise ValueError(f"sites {sorted(unseen)} are not latent sites of the model, so their new prior "
+                             "would be ignored; wrap the model the posterior came from")
+        return result
 
     def _pyro_sample(self, msg):
         if msg["name"] not in self.sites or msg["is_observed"]:
             return
         name, fn = msg["name"], msg["fn"]
+        self._replaced.add(name)
         model_shapes = (
             f"the model's prior has batch shape {tuple(fn.batch_shape)} and event shape "
             f"{tuple(fn.event_shape)}"
@@ -105,11 +120,14 @@ class PosteriorPrior(_PriorReplacement):
 
     :param dict posterior: site name -> distribution of the site's shape (``batch_shape +
         event_shape``); trailing dimensions become event dimensions to match the site.
-        Point masses are refused (a prior with no spread would pin the site).
+        Point masses are refused (a prior with no spread would pin the site), and a run of
+        the model that lacks one of these sites raises :class:`ValueError` naming it.
     """
 
     def __init__(self, posterior: Dict[str, Distribution]):
         for name, d in posterior.items():
+            if not isinstance(d, Distribution):
+                raise ValueError(f"site {name!r}: expected a torch Distribution, got {type(d).__name__}")
             if _is_point_mass(d):
                 raise ValueError(
                     f"site {name!r}: a point estimate (Delta) cannot be a prior; fuse with "
@@ -165,6 +183,7 @@ class FusedPrior(_PriorReplacement):
     def _prior(self, name: str, fn: Distribution) -> Distribution:
         if self.fused.sources[name] not in ("autonormal", "delta"):
             return _with_event_dim(self.fused.site_distribution(name), fn.event_dim)
+        self.fused.check_support(name, fn.support)
         loc, scale = self.fused.loc_scale(name)
         transform = biject_to(fn.support)
         # unconstrained event dims (a Cholesky factor's event is a vector before the transform)

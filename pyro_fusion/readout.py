@@ -45,6 +45,7 @@ from .expfam import DiagNormal, ElementwiseFamily, ExponentialFamily, PointMass,
 from .expfam.base import check_positive_real
 from .posterior import GuidePosterior
 from .simplex import check_simplex
+from .supports import support_name
 
 
 @dataclass
@@ -59,12 +60,15 @@ class SiteEstimate:
         (a hand-written guide's distribution pushed through bijections, read in its base space).
     :ivar Tensor value: a constrained point value of the site (posterior mean where known,
         else the median), used for simplex-indexed sites.
+    :ivar str support: :func:`~pyro_fusion.supports.support_name` of the site's support (the
+        model's for autoguides, the guide distribution's for hand-written guides).
     """
 
     family: ExponentialFamily
     natural: Tensor
     source: str
     value: Tensor
+    support: str = ""
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -93,18 +97,18 @@ def _site_estimates_autonormal(guide: AutoNormal) -> Dict[str, SiteEstimate]:
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         loc = functools.reduce(getattr, name.split("."), guide.locs).detach()
         scale = functools.reduce(getattr, name.split("."), guide.scales).detach()
-        value = biject_to(site["fn"].support)(loc)
-        out[name] = _normal_estimate(name, loc, scale, value)
+        out[name] = _normal_estimate(name, site, loc, scale)
     return out
 
 
-def _normal_estimate(name: str, loc: Tensor, scale: Tensor, value: Tensor) -> SiteEstimate:
+def _normal_estimate(name: str, site: dict, loc: Tensor, scale: Tensor) -> SiteEstimate:
     family = DiagNormal(())
     try:
         natural = family.natural(loc, scale).reshape(loc.shape + (2,))
     except ValueError as e:
         raise ValueError(f"site {name!r}: {e}") from None
-    return SiteEstimate(family, natural, "autonormal", value.detach())
+    value = biject_to(site["fn"].support)(loc).detach()
+    return SiteEstimate(family, natural, "autonormal", value, support_name(site["fn"].support))
 
 
 def _unconstrained_layout(guide: AutoGuide):
@@ -121,7 +125,7 @@ def _site_estimates_diagonal(guide: AutoDiagonalNormal) -> Dict[str, SiteEstimat
         size = shape.numel()
         site_loc = loc[pos : pos + size].reshape(shape)
         site_scale = scale[pos : pos + size].reshape(shape)
-        out[name] = _normal_estimate(name, site_loc, site_scale, biject_to(site["fn"].support)(site_loc))
+        out[name] = _normal_estimate(name, site, site_loc, site_scale)
         pos += size
     if pos != loc.numel():
         raise ValueError(f"{type(guide).__name__}: latent layout does not match its {loc.numel()} parameters")
@@ -141,7 +145,7 @@ def _site_estimates_delta(guide: AutoDelta, point_scale: Optional[float]) -> Dic
             natural = family.natural(unconstrained).reshape(unconstrained.shape + (1,))
         except ValueError as e:
             raise ValueError(f"site {name!r}: {e}") from None
-        out[name] = SiteEstimate(family, natural, "delta", value)
+        out[name] = SiteEstimate(family, natural, "delta", value, support_name(site["fn"].support))
     return out
 
 
@@ -189,7 +193,7 @@ def _site_estimates_traced(guide: Callable, args, kwargs, point_scale) -> Dict[s
         except NotImplementedError:
             value = site["value"]
         source = "transformed" if transformed else "distribution"
-        out[name] = SiteEstimate(family, natural.detach(), source, value.detach())
+        out[name] = SiteEstimate(family, natural.detach(), source, value.detach(), support_name(fn.support))
     return out
 
 
@@ -275,13 +279,14 @@ def extract(
     if overlap:
         raise ValueError(f"sites {sorted(overlap)} are listed both in components and simplex")
     comp_fields, shared_fields, dims, sizes = {}, {}, {}, {}
-    simplex_values, shapes, sources, families = {}, {}, {}, {}
+    simplex_values, shapes, sources, families, supports = {}, {}, {}, {}, {}
     for name, est in estimates.items():
         if name in exclude:
             continue
         shapes[name] = est.value.shape if name in simplex else est.batch_shape
         sources[name] = est.source
         families[name] = est.family
+        supports[name] = est.support
         if name in simplex:
             value = check_simplex(est.value, f"site {name!r} listed in simplex=")
             simplex_values[name] = (_positive_dims(simplex[name], est.value.dim(), name), value)
@@ -293,7 +298,7 @@ def extract(
                     f"site {name!r}: dimension {components[name]} is transformed with the "
                     f"support (e.g. the simplex axis); list the site in simplex=... instead"
                 )
-            moved = SiteEstimate(est.family, est.natural.movedim(dim, 0), est.source, est.value)
+            moved = SiteEstimate(est.family, est.natural.movedim(dim, 0), est.source, est.value, est.support)
             try:
                 comp_fields[name] = moved.field(1)
             except ValueError as e:
@@ -317,6 +322,7 @@ def extract(
         site_shapes=shapes,
         sources=sources,
         site_families=families,
+        supports=supports,
         components=comps,
         shared=shared,
         weight=weight,

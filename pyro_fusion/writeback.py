@@ -43,7 +43,9 @@ def fused_guide(
     Its parameters are named ``FusedAutoNormal.locs.*``/``FusedAutoNormal.scales.*``, so
     the clients' own guides (``AutoNormal.*``) in the same param store are never touched;
     a previous fused guide is replaced. Simplex-indexed sites get the fused value as
-    loc and ``init_scale`` as scale; sites not fused keep AutoNormal's defaults.
+    loc and ``init_scale`` as scale; sites not fused keep AutoNormal's defaults. The model is
+    checked first (in a scratch param store): every fused site must be one of its latent
+    sites, with the support the clients' site had and the fused shape.
 
     Example::
 
@@ -53,7 +55,10 @@ def fused_guide(
     :param model: the global model; ``args``/``kwargs`` must size it to
         ``fused.num_global`` components.
     :param float init_scale: scale of sites without a fused scale.
+    :raises ValueError: naming the site the model lacks, or whose support or shape differs;
+        the param store is then left as it was.
     """
+    _check_model(fused, _latent_sites(model, args, kwargs))
     guide = FusedAutoNormal(model, init_loc_fn=init_to_fused(fused), init_scale=init_scale)
     prefix = type(guide).__name__
     store = pyro.get_param_store()
@@ -63,14 +68,8 @@ def fused_guide(
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         if name not in fused.site_shapes or name in fused.simplex:
             continue
-        loc, scale = fused.loc_scale(name)
+        _, scale = fused.loc_scale(name)
         current = functools.reduce(getattr, name.split("."), guide.scales)
-        if current.shape != scale.shape:
-            raise ValueError(
-                f"site {name!r}: the model gives guide parameters of shape {tuple(current.shape)}, "
-                f"the fused posterior has {tuple(scale.shape)}; size the model to "
-                f"{fused.num_global} components"
-            )
         event_dim = site["fn"].event_dim + scale.dim() - site["value"].dim()
         parent_path, _, leaf = name.rpartition(".")
         parent = functools.reduce(getattr, parent_path.split("."), guide.scales) if parent_path else guide.scales
@@ -78,32 +77,74 @@ def fused_guide(
     return guide
 
 
-def write_params(fused: "FusedPosterior", guide: Callable, *args, **kwargs) -> Dict[str, str]:
+def _latent_sites(model: Callable, args, kwargs) -> Dict[str, dict]:
+    """The model's latent sample sites, traced in a scratch param store with the RNG state restored."""
+    rng = pyro.util.get_rng_state()
+    try:
+        with pyro.get_param_store().scope():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+    finally:
+        pyro.util.set_rng_state(rng)
+    return dict(trace.iter_stochastic_nodes())
+
+
+def _check_model(fused: "FusedPosterior", sites: Dict[str, dict]) -> None:
+    """Raise :class:`ValueError` naming the site unless every fused site is a latent site of the
+    model, with the clients' support and the fused (unconstrained) shape."""
+    missing = sorted(set(fused.site_shapes) - set(sites))
+    if missing:
+        raise ValueError(f"sites {missing} of the fused posterior are not latent sites of the model; "
+                         "write back into a model with the clients' sites")
+    for name in fused.site_shapes:
+        site = sites[name]
+        if name in fused.simplex:
+            got, want = site["value"].shape, fused.simplex[name][1].shape
+        elif fused.sources[name] in ("autonormal", "delta"):
+            fused.check_support(name, site["fn"].support)
+            got, want = biject_to(site["fn"].support).inv(site["value"]).shape, fused.site_shapes[name]
+        else:
+            continue
+        if tuple(got) != tuple(want):
+            raise ValueError(
+                f"site {name!r}: the model gives guide parameters of shape {tuple(got)}, the fused "
+                f"posterior has {tuple(want)}; size the model to {fused.num_global} components"
+            )
+
+
+def write_params(fused: "FusedPosterior", guide: Callable, *args, **kwargs) -> Dict[str, Dict[str, str]]:
     """
     Fill a hand-written guide's parameters with the fused values.
 
     Runs ``guide(*args, **kwargs)`` once (creating its parameters at the global size),
     finds for each fused site the ``pyro.param`` that feeds each argument of the site's
-    distribution, and overwrites it in the param store.
+    distribution, checks every site (its distribution must be of the fused family, its
+    parameters of the fused shapes) and only then overwrites the parameters in the param
+    store: a bad guide leaves the store as it was (apart from parameters the run created).
 
     Example::
 
         >>> write_params(fused, lda_guide, docs, num_topics=fused.num_global)
-        {'topics': 'topic_concentration'}
+        {'topics': {'concentration': 'topic_concentration'}}
 
     :param FusedPosterior fused: the fused posterior.
     :param guide: the hand-written guide, sized by ``args``/``kwargs`` to the global components.
-    :returns: site -> name of the parameter that was written (one per distribution argument).
+    :returns: site -> {distribution argument -> name of the parameter written for it}.
+    :raises ValueError: naming the site whose distribution is of another family, whose
+        parameters have other shapes, or that no ``pyro.param`` feeds.
     """
     trace = poutine.trace(guide).get_trace(*args, **kwargs)
     params = {n: s["value"] for n, s in trace.nodes.items() if s["type"] == "param"}
-    store = pyro.get_param_store()
-    written = {}
+    writes, written = {}, {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or name not in fused.site_shapes or name in fused.simplex:
             continue
         base = base_distribution(site["fn"], (Independent, TransformedDistribution))
-        distribution = fused.site_distribution(name)
+        distribution = base_distribution(fused.site_distribution(name))
+        if type(distribution) not in type(base).__mro__:
+            raise ValueError(
+                f"site {name!r}: the guide samples a {type(base).__name__}, the fused posterior is a "
+                f"{type(distribution).__name__}; write back into a guide of the clients' family"
+            )
         for arg in type(base).arg_constraints:
             if arg not in base.__dict__:
                 continue  # a lazily derived parameterisation (e.g. logits vs probs)
@@ -117,13 +158,16 @@ def write_params(fused: "FusedPosterior", guide: Callable, *args, **kwargs) -> D
                     f"site {name!r}: the guide's {arg} has shape {tuple(current.shape)}, the fused "
                     f"posterior {tuple(new.shape)}; size the guide to {fused.num_global} components"
                 )
-            store[source[0]] = new.detach().to(current.dtype).clone()
-            written[name] = source[0]
+            writes[source[0]] = new.detach().to(current.dtype).clone()
+            written.setdefault(name, {})[arg] = source[0]
         if name not in written:
             raise ValueError(
                 f"site {name!r}: no pyro.param feeds its distribution directly; set its "
                 f"parameters from fused.site_distribution({name!r})"
             )
+    store = pyro.get_param_store()
+    for param, value in writes.items():
+        store[param] = value
     return written
 
 
@@ -152,6 +196,7 @@ def init_to_fused(fused: "FusedPosterior", fallback: Callable = init_to_feasible
         if name in fused.simplex:
             return fused.simplex[name][1].clone()
         if name in fused.site_shapes and fused.sources[name] in ("autonormal", "delta"):
+            fused.check_support(name, site["fn"].support)
             loc, _ = fused.loc_scale(name)
             value = biject_to(site["fn"].support)(loc)
             if value.shape != site["fn"].shape():

@@ -33,9 +33,10 @@ from pyro_fusion import Components, FusedPosterior, FusionResult, GuidePosterior
 from pyro_fusion.io import FORMAT, MAX_HEADER_CHARS, MAX_MESSAGE_CHARS, load_components, save_components
 from pyro_fusion.expfam import Bernoulli, Beta, Categorical, DiagNormal, Dirichlet, Gamma, MultivariateNormal
 from pyro_fusion.expfam import NormalWishart, PointMass, family_from_spec
+from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
-from pyro_fusion import extract, fuse
+from pyro_fusion import FusedPrior, PosteriorPrior, extract, fuse, init_to_fused
 from test_inputs_untouched import (
     DATA,
     K,
@@ -302,6 +303,100 @@ rows("fuse_posteriors", {
 })
 
 
+# ----- write-back: to_guide, init_to_fused, write_params, FusedPrior, PosteriorPrior -------------
+
+
+def variant_model(noise: str = "gamma", scale: str = "lognormal"):
+    """The mixture model with its ``noise`` site as a Gamma (the clients'), a Normal (another
+    support) or absent, and its ``scale`` site positive (the clients') or real."""
+
+    def model(K=K, data=None):
+        pyro.sample("weights", dist.Dirichlet(torch.ones(K)))
+        with pyro.plate("components", K):
+            pyro.sample("loc", dist.Normal(torch.zeros(2), 10.0).to_event(1))
+            pyro.sample("scale", dist.LogNormal(0.0, 1.0) if scale == "lognormal" else dist.Normal(0.0, 1.0))
+        if noise == "gamma":
+            pyro.sample("noise", dist.Gamma(2.0, 2.0))
+        elif noise == "normal":
+            pyro.sample("noise", dist.Normal(0.0, 1.0))
+
+    return model
+
+
+def writeback_row(run: Callable, names: str):
+    """``run(fused, num_global)`` with the fused mixture posterior."""
+
+    def factory(tmp_path):
+        fused = valid_posteriors()[1]
+        return Bad(fused, lambda: run(fused, fused.num_global), ValueError, names)
+
+    return factory
+
+
+def traced(model, *args):
+    return poutine.trace(model).get_trace(*args)
+
+
+def guide_of_another_family(K=3):
+    """A hand-written guide whose 'strength' site is the fused Gamma but whose 'topics' site is a
+    Normal where the clients had a Dirichlet."""
+    rate = pyro.param("rate_param", torch.full((K,), 2.0), constraint=dist.constraints.positive)
+    loc = pyro.param("topic_loc", torch.zeros(K, 5))
+    with pyro.plate("topic_plate", K):
+        pyro.sample("strength", dist.TransformedDistribution(dist.Gamma(3.0, rate), [dist.transforms.ExpTransform()]))
+        pyro.sample("topics", dist.Normal(loc, 1.0).to_event(1))
+
+
+def write_params_row(guide: Callable, names: str):
+    def factory(tmp_path):
+        from test_guides import dirichlet_guide
+
+        with pyro.get_param_store().scope():
+            dirichlet_guide()
+            posts = [extract(dirichlet_guide, components={"topics": 0, "strength": 0})] * 2
+        fused = fuse_posteriors(posts).posterior
+        guide(K=fused.num_global)  # the caller's trained parameters
+        return Bad(fused, lambda: fused.write_params(guide, K=fused.num_global), ValueError, names)
+
+    return factory
+
+
+rows("write-back", {
+    "to_guide, a model without a fused site": writeback_row(
+        lambda fused, k: fused.to_guide(variant_model(noise="none"), k), r"sites \['noise'\] of the fused posterior are not latent sites"
+    ),
+    "to_guide, a site of another support": writeback_row(
+        lambda fused, k: fused.to_guide(variant_model(noise="normal"), k), r"site 'noise': the model's support is Real.*GreaterThan\(0\)"
+    ),
+    "to_guide, a component site of another support": writeback_row(
+        lambda fused, k: fused.to_guide(variant_model(scale="normal"), k), r"site 'scale': the model's support is Real"
+    ),
+    "to_guide, a model of another size": writeback_row(
+        lambda fused, k: fused.to_guide(variant_model(), k + 1), r"site '\w+'.*size the model to \d components"
+    ),
+    "init_to_fused, a site of another support": writeback_row(
+        lambda fused, k: AutoNormal(variant_model(noise="normal"), init_loc_fn=init_to_fused(fused))(k),
+        r"site 'noise': the model's support is Real",
+    ),
+    "FusedPrior, a model without a fused site": writeback_row(
+        lambda fused, k: traced(FusedPrior(fused)(variant_model(noise="none")), k), r"sites \['noise'\] are not latent sites"
+    ),
+    "FusedPrior, a site of another support": writeback_row(
+        lambda fused, k: traced(FusedPrior(fused)(variant_model(noise="normal")), k), r"site 'noise': the model's support is Real"
+    ),
+    "PosteriorPrior, a tensor for a distribution": lambda tmp_path: Bad(
+        (loc := torch.zeros(3)), lambda: PosteriorPrior({"loc": loc}), ValueError, r"site 'loc': expected a torch Distribution, got Tensor"
+    ),
+    "PosteriorPrior, a site the model lacks": lambda tmp_path: Bad(
+        (prior := {"nope": dist.Normal(torch.zeros(3), 1.0)}),
+        lambda: traced(PosteriorPrior(prior)(variant_model()), K), ValueError, r"sites \['nope'\] are not latent sites",
+    ),
+    "write_params into a guide of another family": write_params_row(
+        guide_of_another_family, r"site 'topics': the guide samples a Normal, the fused posterior is a Dirichlet"
+    ),
+})
+
+
 # ----- files: every reader -------------------------------------------------------------------
 
 _CACHE: Dict[str, Any] = {}
@@ -312,7 +407,7 @@ def valid_posteriors():
     fusion (cached: each test checks its own snapshot)."""
     if "posts" not in _CACHE:
         posts = client_posteriors()
-        _CACHE["posts"], _CACHE["fused"] = posts, fuse_posteriors(posts, price=1e4)
+        _CACHE["posts"], _CACHE["fused"] = posts, fuse_posteriors(posts, price=1e4).posterior
     return _CACHE["posts"], _CACHE["fused"]
 
 
@@ -430,6 +525,8 @@ rows("file", {
     "family spec with an extra key": file_row(
         "guide", setter("groups", "components", "loc", "scale", value=1.0), r"field components/loc: bad family spec"
     ),
+    "support of an unknown site": file_row("guide", setter("metadata", "supports", "nope", value="Real"), r"supports\['nope'\]"),
+    "support not a string": file_row("guide", setter("metadata", "supports", "noise", value=0), r"supports\['noise'\] is 0"),
     "float16 components": file_row(
         "components", lambda t, h: t.__setitem__("components/loc", t["components/loc"].half()), r"components/loc.*float16"
     ),

@@ -67,3 +67,13 @@ def test_encode_decode_round_trip_fused():
     torch.testing.assert_close(back.result.components.concat(), fused.result.components.concat())
     assert back.result.objective == fused.result.objective
     assert back.site_shapes == fused.site_shapes and back.component_dims == fused.component_dims
+
+
+def test_supports_round_trip_and_files_without_them_load(tmp_path):
+    _, posts = client_guides(1)
+    assert posts[0].supports == {"weights": "Simplex", "loc": "Real", "scale": "GreaterThan(0)", "noise": "GreaterThan(0)"}
+    path = str(tmp_path / "p.safetensors")
+    posts[0].save(path)
+    assert GuidePosterior.load(path).supports == posts[0].supports
+    tensors, header = tampered(posts[0], lambda t, h: h["metadata"].pop("supports"))  # a file of 0.1
+    assert decode_posterior(tensors, header, "old file", kind="guide_posterior").supports == {}

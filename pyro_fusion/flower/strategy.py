@@ -315,7 +315,7 @@ def check_magnitudes(components: Components, direction: str, where: str) -> None
 
 def _check_same_model(post: GuidePosterior, ref: GuidePosterior, where: str) -> None:
     """Raise unless ``post`` describes the same model as ``ref`` (up to the number of components)."""
-    for attr in ("component_dims", "sources", "site_families"):
+    for attr in ("component_dims", "sources", "site_families", "supports"):
         if getattr(post, attr) != getattr(ref, attr):
             raise ValueError(f"{where}: {attr} {getattr(post, attr)} differ from the other replies' "
                              f"{getattr(ref, attr)}")
