@@ -3,16 +3,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from typing import List, Optional
 
+from . import __version__
 from .deprecation import warn
 
 
+def _output_problem(output: str, clients: List[str]) -> Optional[str]:
+    """Why the fused posterior cannot be written to ``output`` (checked before fusing), or None."""
+    if os.path.isdir(output):
+        return f"-o {output}: is a folder, expected a file name"
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        return f"-o {output}: the folder {folder} does not exist"
+    for path in clients:
+        same = os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output)
+        if same or os.path.abspath(path) == os.path.abspath(output):
+            return f"-o {output}: is the client file {path}, which would be overwritten"
+    return None
+
+
 def _fuse(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
     from .adapters.guide import fuse_posteriors
+    from .io import brief
     from .posterior import GuidePosterior
 
+    if len(args.clients) < 2:
+        print(f"pyro-fusion fuse: needs at least two client files, got {len(args.clients)}", file=sys.stderr)
+        return 2
+    problem = _output_problem(args.output, args.clients)
+    if problem is not None:
+        print(f"pyro-fusion fuse: {problem}", file=sys.stderr)
+        return 2
     posteriors = []
     for path in args.clients:
         try:
@@ -31,9 +58,13 @@ def _fuse(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         names = ", ".join(f"client {j} = {p}" for j, p in enumerate(args.clients))
-        print(f"pyro-fusion fuse: {e} ({names})", file=sys.stderr)
+        print(brief(f"pyro-fusion fuse: {e} ({names})"), file=sys.stderr)
         return 2
-    fused.posterior.save(args.output)
+    try:
+        fused.posterior.save(args.output)
+    except (OSError, SafetensorError) as e:
+        print(f"pyro-fusion fuse: -o {args.output}: cannot write ({e})", file=sys.stderr)
+        return 2
     summary = {"output": args.output, "clients": len(posteriors), "num_global": fused.num_global}
     if fused.result is not None:
         summary.update(
@@ -61,28 +92,45 @@ def _price(text: str):
     if text == "spread":
         return text
     try:
-        return float(text)
+        price = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number or "spread", got {text!r}') from None
+        price = math.nan
+    if not (math.isfinite(price) and price > 0):
+        raise argparse.ArgumentTypeError(f'expected a positive finite number or "spread", got {text!r}')
+    return price
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyro-fusion`` console script."""
     parser = argparse.ArgumentParser(prog="pyro-fusion", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fuse = sub.add_parser("fuse", help="fuse client files saved by GuidePosterior.save")
-    fuse.add_argument("clients", nargs="+", help="client .safetensors files")
-    fuse.add_argument("-o", "--output", required=True, help="where to write the fused posterior")
+    fuse.add_argument("clients", nargs="+", help="client .safetensors files (at least two)")
+    fuse.add_argument("-o", "--output", required=True, help="where to write the fused posterior (a new file)")
     fuse.add_argument("--direction", choices=["reverse", "forward"], default="reverse")
-    fuse.add_argument("--num-global", type=int, default=None, help="parametric mode: number of globals")
+    fuse.add_argument("--num-global", type=_int_at_least(1), default=None, help="parametric mode: number of globals")
     fuse.add_argument(
         "--price",
         type=_price,
         default=None,
         help='price of a global component: a number or "spread" (default: closest-pair rule)',
     )
-    fuse.add_argument("--seed", type=int, default=0)
+    fuse.add_argument("--seed", type=_int_at_least(0), default=0)
     fuse.set_defaults(run=_fuse)
 
     demo = sub.add_parser("demo", help="fuse per-sequence HMMs on the CMU mocap6 data")

@@ -9,8 +9,10 @@ holds, the whole Pyro param store and every file in the test's folder must be bi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import pathlib
@@ -37,6 +39,7 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 from pyro_fusion import FusedPrior, PosteriorPrior, extract, fuse, init_to_fused
+from pyro_fusion.cli import main as cli_main
 from test_inputs_untouched import (
     DATA,
     K,
@@ -559,6 +562,64 @@ rows("file", {
     "unknown direction": file_row("result", setter("metadata", "direction", value="sideways"), r"direction/combine.*'sideways'"),
     "fused posterior with a bad result": file_row("fused", setter("metadata", "result", "converged", value="yes"),
                                                   r"result converged must be true or false"),
+})
+
+
+# ----- the command line ------------------------------------------------------------------------
+
+
+class CliFailed(Exception):
+    """``pyro-fusion`` exited with a nonzero status; the message is its stderr."""
+
+
+def run_cli(*args: str) -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli_main(list(args))
+        except SystemExit as e:  # argparse
+            code = e.code
+    if code != 0:
+        raise CliFailed(f"exit status {code}: {err.getvalue()}")
+
+
+def cli_row(build: Callable, names: str):
+    """``build(tmp_path, clients)`` gives the CLI arguments, ``clients`` two valid client files."""
+
+    def factory(tmp_path):
+        clients = [str(tmp_path / f"client{j}.safetensors") for j in range(2)]
+        for path, post in zip(clients, valid_posteriors()[0]):
+            post.save(path)
+        args = build(tmp_path, clients)
+        return Bad((), lambda: run_cli(*args), CliFailed, names)
+
+    return factory
+
+
+def deep_client(tmp_path, clients):
+    deep = str(tmp_path / "deep.safetensors")
+    save_file({"components/loc": torch.zeros(3, 4)}, deep, metadata={FORMAT: DEEP})
+    return ["fuse", clients[0], deep, "-o", str(tmp_path / "out.safetensors")]
+
+
+def pickle_client(tmp_path, clients):
+    evil = str(tmp_path / "evil.pt")
+    torch.save({"x": 1}, evil)
+    return ["fuse", clients[0], evil, "-o", str(tmp_path / "out.safetensors")]
+
+
+rows("CLI", {
+    "output into a missing folder": cli_row(
+        lambda tmp, c: ["fuse", *c, "-o", str(tmp / "nope" / "out.safetensors")], r"the folder .*nope does not exist"
+    ),
+    "output onto a folder": cli_row(lambda tmp, c: ["fuse", *c, "-o", str(tmp)], r"-o .*: is a folder"),
+    "output onto a client file": cli_row(lambda tmp, c: ["fuse", *c, "-o", c[1]], r"is the client file .*client1\.safetensors"),
+    "a single client": cli_row(lambda tmp, c: ["fuse", c[0], "-o", str(tmp / "out.safetensors")], r"at least two client files, got 1"),
+    "a client header nested 100,000 deep": cli_row(deep_client, r"deep\.safetensors: header nested deeper than 32"),
+    "a pickle": cli_row(pickle_client, r"evil\.pt: not a pyro_fusion safetensors file"),
+    "price NaN": cli_row(lambda tmp, c: ["fuse", *c, "-o", str(tmp / "o.safetensors"), "--price", "nan"], r"--price.*'nan'"),
+    "num-global zero": cli_row(lambda tmp, c: ["fuse", *c, "-o", str(tmp / "o.safetensors"), "--num-global", "0"], r"--num-global.*'0'"),
+    "negative seed": cli_row(lambda tmp, c: ["fuse", *c, "-o", str(tmp / "o.safetensors"), "--seed", "-1"], r"--seed.*'-1'"),
 })
 
 

@@ -19,6 +19,7 @@ from pyro.infer.autoguide import (
 from pyro.optim import Adam
 from torch.distributions import constraints
 
+import pyro_fusion
 from pyro_fusion import FusedPosterior, FusedPrior, GuidePosterior, extract, fuse_posteriors, init_to_fused
 from pyro_fusion.cli import main as cli_main
 
@@ -352,7 +353,7 @@ def test_save_load_posteriors_and_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["num_global"] == 3
     with pytest.raises(SystemExit):
         cli_main(["fuse", *paths, "-o", out, "--price", "cheap"])
-    assert 'expected a number or "spread"' in capsys.readouterr().err
+    assert 'expected a positive finite number or "spread"' in capsys.readouterr().err
 
 
 def test_fused_guide_can_be_extracted_for_the_next_round():
@@ -362,3 +363,10 @@ def test_fused_guide_can_be_extracted_for_the_next_round():
     again = extract(guide, fused.num_global, components={"loc": 0, "scale": 0}, simplex={"weights": [0]})
     torch.testing.assert_close(again.components.concat(), fused.result.components.concat())
     torch.testing.assert_close(again.shared.concat(), fused.shared.concat())
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-fusion {pyro_fusion.__version__}"
