@@ -138,7 +138,7 @@ class ExponentialFamily(ABC):
         if bool(valid.all()):
             return
         index = [int(i) for i in (~valid).nonzero()[0]] if valid.dim() else []
-        bad = value[tuple(index)] if value.dim() else value
+        bad = value.detach()[tuple(index)] if value.dim() else value.detach()
         shown = f"{float(bad):.6g}" if bad.dim() == 0 else f"{bad.tolist()}"
         raise ValueError(
             f"{type(self).__name__}: {name} must be {requirement}, got {shown} at index {index}"
