@@ -40,15 +40,20 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 from pyro_fusion import FusedPrior, PosteriorPrior, extract, fuse, init_to_fused
 from pyro_fusion.cli import main as cli_main
+from pyro_fusion.adapters import fuse_hmms, fuse_lda, fuse_mlps
+from pyro_fusion.models.lda import LDA
 from test_inputs_untouched import (
     DATA,
     K,
     PARAM_STORE,
     assert_unchanged,
     client_posteriors,
+    corpus,
+    hmm_fits,
     mixed_clients,
     mixture_model,
     normal_clients,
+    random_posterior,
     snapshot,
     train,
 )
@@ -562,6 +567,88 @@ rows("file", {
     "unknown direction": file_row("result", setter("metadata", "direction", value="sideways"), r"direction/combine.*'sideways'"),
     "fused posterior with a bad result": file_row("fused", setter("metadata", "result", "converged", value="yes"),
                                                   r"result converged must be true or false"),
+})
+
+
+# ----- the adapters ----------------------------------------------------------------------------
+
+
+def hmm_row(change: Callable, names: str, **kwargs):
+    """Two trained HMM clients, the second with ``change(fit)`` applied (a changed copy)."""
+
+    def factory(tmp_path):
+        fits = list(hmm_fits())
+        fits[1] = change(fits[1])
+        return Bad(fits, lambda: fuse_hmms(fits, restarts=1, **kwargs), ValueError, names)
+
+    return factory
+
+
+def replaced(name: str, make: Callable):
+    return lambda fit: dataclasses.replace(fit, **{name: make(getattr(fit, name))})
+
+
+def duplicated_word_ldas():
+    """Two Dirichlet LDAs, the second over a vocabulary that repeats 'cat' (its topics have a
+    column per entry, so the repeated word's second column would be dropped)."""
+    models = []
+    for j, vocab in enumerate([("ant", "bee", "cat"), ("cat", "dog", "cat")]):
+        model = LDA(2, vocab, hidden=4, name=f"client{j}")
+        model.load_topic_posterior(dist.Dirichlet(torch.rand(2, 3, generator=torch.Generator().manual_seed(j)) + 0.5))
+        models.append(model)
+    return models
+
+
+def mlp_row(change: Callable, names: str, **kwargs):
+    """Two BNN clients' posteriors (site -> Normal), the second with ``change(posterior)``."""
+
+    def factory(tmp_path):
+        posts = [random_posterior((3,), 0), random_posterior((2,), 1)]
+        change(posts[1])
+        return Bad(posts, lambda: fuse_mlps(posts, **kwargs), ValueError, names)
+
+    return factory
+
+
+def spoil_site(site: str, loc: float = 0.0, scale: float = 0.1):
+    def change(post):
+        d = post[site]
+        post[site] = dist.Normal(torch.full_like(d.loc, loc), torch.full_like(d.scale, scale), validate_args=False)
+
+    return change
+
+
+rows("fuse_hmms", {
+    "NaN transition counts": hmm_row(replaced("transition_counts", lambda c: c.clone().fill_(math.nan)),
+                                     r"client 1: transition_counts must be finite and nonnegative"),
+    "negative transition counts": hmm_row(replaced("transition_counts", lambda c: c - c.max()),
+                                          r"client 1: transition_counts must be finite and nonnegative"),
+    "2x2 counts for 3 states": hmm_row(replaced("transition_counts", lambda c: c[:2, :2].clone()),
+                                       r"client 1: transition_counts must have shape \(3, 3\).*got \(2, 2\)"),
+    "occupancy of length 4": hmm_row(replaced("occupancy", lambda c: torch.cat([c, c[:1]])),
+                                     r"client 1: occupancy must have shape \(3,\).*got \(4,\)"),
+    "negative initial counts": hmm_row(replaced("initial_counts", lambda c: -c - 1), r"client 1: initial_counts"),
+    "NaN min_occupancy": hmm_row(lambda fit: fit, r"min_occupancy must be a nonnegative number, got nan", min_occupancy=math.nan),
+    "prior not an HMMPrior": hmm_row(lambda fit: fit, r"prior must be an HMMPrior, got dict", prior={"stickiness": 1.0}),
+})
+rows("fuse_lda", {
+    "a vocabulary repeating a word": lambda tmp_path: Bad(
+        (models := duplicated_word_ldas()), lambda: fuse_lda(models, num_global=2), ValueError,
+        r"client 1: the vocabulary repeats 1 words, e.g. \['cat'\]",
+    ),
+})
+rows("fuse_mlps", {
+    "NaN weight": mlp_row(spoil_site("hidden.0.weight", loc=math.nan), r"client 1, site 'hidden.0.weight': its mean has NaN"),
+    "negative scale": mlp_row(spoil_site("output.weight", scale=-0.1), r"client 1, site 'output.weight': its scale must be positive"),
+    "a tensor for a site": mlp_row(lambda post: post.__setitem__("output.bias", torch.zeros(3)),
+                                   r"client 1, site 'output.bias': expected a distribution, got Tensor"),
+    "point_scale inf": mlp_row(lambda post: None, r"point_scale.*inf", point_scale=math.inf),
+    "prior_scale zero": mlp_row(lambda post: None, r"prior_scale.*got 0", prior_scale=0.0),
+})
+rows("fuse_posteriors", {
+    "a client that is neither a guide nor a posterior": fuse_posteriors_row(
+        r"client 1: expected a trained guide or a GuidePosterior, got int", change=lambda posts: [posts[0], 3]
+    ),
 })
 
 

@@ -45,6 +45,7 @@ from ..barycenter import barycenter
 from ..components import Components
 from ..cost import KLGeometry
 from ..deprecation import moved, warn
+from ..expfam.base import base_distribution, check_positive_real
 from ..fusion import FusionResult, client_weights, default_price, fuse
 from ..models.bnn import BayesianMLP, delta_guide, normal_guide, normal_posterior
 from .base import FusedModel, FuseSettings, FusionAdapter, Layout, Price, front_door
@@ -359,8 +360,10 @@ class MLPAdapter(FusionAdapter):
         **engine_options,
     ):
         super().__init__(**engine_options)
-        if not prior_scale > 0:
-            raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+        prior_scale = check_positive_real(prior_scale, "prior_scale")
+        absent_scale = check_positive_real(absent_scale, "absent_scale")
+        if point_scale is not None:
+            point_scale = check_positive_real(point_scale, "point_scale")
         if class_counts is not None and engine_options.get("combine", "average") != "average":
             raise ValueError('class_counts needs combine="average"')
         self.prior_scale = prior_scale
@@ -513,6 +516,9 @@ def _num_hidden(posterior: Dict[str, dist.Distribution], j: int) -> int:
 def _check_clients(posteriors: Sequence[Dict[str, dist.Distribution]]) -> int:
     if len(posteriors) == 0:
         raise ValueError("fuse_mlps needs at least one client")
+    for j, post in enumerate(posteriors):
+        for site, d in post.items():
+            _check_site(d, f"client {j}, site {site!r}")
     depth = _num_hidden(posteriors[0], 0)
     in_features = _shape(posteriors[0]["hidden.0.weight"])[1]
     classes = _shape(posteriors[0]["output.weight"])[0]
@@ -538,6 +544,20 @@ def _check_clients(posteriors: Sequence[Dict[str, dist.Distribution]]) -> int:
             if _shape(b) != _shape(w)[:1] or _shape(nxt)[1] != _shape(w)[0]:
                 raise ValueError(f"client {j}: layer {k} sizes are inconsistent")
     return depth
+
+
+def _check_site(d: Any, where: str) -> None:
+    """Raise :class:`ValueError` naming ``where`` unless ``d`` is a distribution with a finite
+    mean and, if it has one, a positive finite scale (``validate_args=False`` lets torch build
+    a Normal of NaN or negative scale)."""
+    if not isinstance(d, dist.Distribution):
+        raise ValueError(f"{where}: expected a distribution, got {type(d).__name__}")
+    base = base_distribution(d)
+    if not bool(torch.isfinite(base.mean).all()):
+        raise ValueError(f"{where}: its mean has NaN or inf")
+    scale = getattr(base, "scale", None)
+    if scale is not None and not bool(((scale > 0) & torch.isfinite(scale)).all()):
+        raise ValueError(f"{where}: its scale must be positive and finite")
 
 
 def _shape(d: dist.Distribution) -> torch.Size:

@@ -79,6 +79,8 @@ class GuideAdapter(FusionAdapter):
             if isinstance(local, GuidePosterior):
                 posteriors.append(local)
                 continue
+            if not callable(local):
+                raise ValueError(f"client {j}: expected a trained guide or a GuidePosterior, got {type(local).__name__}")
             try:
                 posteriors.append(extract(
                     local, *self.guide_args, components=self.components, simplex=self.simplex,

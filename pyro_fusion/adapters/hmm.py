@@ -52,6 +52,21 @@ __all__ = [
 ]
 
 
+def _check_counts(fit: FittedHMM, j: int) -> None:
+    """Raise :class:`ValueError` naming client ``j`` and the count unless its expected counts
+    are finite, nonnegative and sized to its ``K`` states (``[K]``, ``[K]``, ``[K, K]``)."""
+    if not isinstance(fit, FittedHMM):
+        raise ValueError(f"client {j}: expected a FittedHMM, got {type(fit).__name__}")
+    k = fit.unconstrained["loc"].loc.shape[0]
+    for name, shape in (("occupancy", (k,)), ("initial_counts", (k,)), ("transition_counts", (k, k))):
+        counts = getattr(fit, name)
+        if not isinstance(counts, torch.Tensor) or tuple(counts.shape) != shape:
+            got = tuple(counts.shape) if isinstance(counts, torch.Tensor) else type(counts).__name__
+            raise ValueError(f"client {j}: {name} must have shape {shape} for its {k} states, got {got}")
+        if not bool((torch.isfinite(counts) & (counts >= 0)).all()):
+            raise ValueError(f"client {j}: {name} must be finite and nonnegative (expected numbers of frames)")
+
+
 def hmm_components(fit: FittedHMM, states: Optional[torch.Tensor] = None) -> Components:
     """
     One client's HMM states as :class:`~pyro_fusion.Components` (fields ``loc`` and
@@ -132,6 +147,10 @@ class HMMAdapter(FusionAdapter):
         super().__init__(**engine_options)
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"fuse_hmms: restarts must be >= 1, got {restarts}")
+        if isinstance(min_occupancy, bool) or not isinstance(min_occupancy, (int, float)) or not min_occupancy >= 0:
+            raise ValueError(f"fuse_hmms: min_occupancy must be a nonnegative number, got {min_occupancy!r}")
+        if prior is not None and not isinstance(prior, HMMPrior):
+            raise ValueError(f"fuse_hmms: prior must be an HMMPrior, got {type(prior).__name__}")
         self.prior = HMMPrior() if prior is None else prior
         self.min_occupancy = min_occupancy
         self.restarts = restarts
@@ -148,6 +167,7 @@ class HMMAdapter(FusionAdapter):
     def read(self, local_models: Sequence[FittedHMM]) -> List[HMMReadout]:
         out = []
         for j, fit in enumerate(local_models):
+            _check_counts(fit, j)
             kept = fit.occupied(self.min_occupancy)
             if kept.numel() == 0:
                 raise ValueError(f"client {j}: no state has expected occupancy >= {self.min_occupancy} frames")

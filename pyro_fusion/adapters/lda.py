@@ -19,6 +19,7 @@ all clients share one vocabulary (agree on :func:`union_vocabulary` first and :m
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import pyro.distributions as dist
@@ -74,8 +75,13 @@ def align_concentration(
         >>> align_concentration(torch.tensor([[3.0, 1.0]]), ("dog", "cat"), ("cat", "dog", "eel"), 0.1)
         tensor([[1.0000, 3.0000, 0.1000]])
 
-    :raises ValueError: if a word of ``vocab`` is not in ``union_vocab``.
+    :raises ValueError: if a word of ``vocab`` is not in ``union_vocab``, or a vocabulary
+        repeats a word (one of its columns would be dropped).
     """
+    for name, words in (("vocabulary", vocab), ("union vocabulary", union_vocab)):
+        repeated = [w for w, n in Counter(words).items() if n > 1]
+        if repeated:
+            raise ValueError(f"the {name} repeats {len(repeated)} words, e.g. {repeated[:3]}: one column per word")
     position = {w: i for i, w in enumerate(union_vocab)}
     missing = [w for w in vocab if w not in position]
     if missing:
@@ -192,10 +198,14 @@ class LDAAdapter(FusionAdapter):
                 f"the clients' topic priors differ ({sorted(priors)}); fusion assumes one shared prior"
             )
         union_vocab = union_vocabulary([m.vocab for m in local_models])
-        return [
-            LDAReadout(topic_components(m, union_vocab), union_vocab, m.topic_prior, m.encoder.hidden.out_features)
-            for m in local_models
-        ]
+        out = []
+        for j, m in enumerate(local_models):
+            try:
+                components = topic_components(m, union_vocab)
+            except ValueError as e:
+                raise ValueError(f"client {j}: {e}") from None
+            out.append(LDAReadout(components, union_vocab, m.topic_prior, m.encoder.hidden.out_features))
+        return out
 
     def layout(self, local_model: LDA) -> Layout:
         """The topics: site ``topic_words``, dimension 0."""
