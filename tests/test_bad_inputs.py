@@ -177,6 +177,12 @@ rows("family", {
     "negative event shape": constructor_row(lambda: DiagNormal((-2,)), r"DiagNormal event_shape.*-2"),
     "float event shape": constructor_row(lambda: Gamma((2.0,)), r"Gamma event_shape"),
     "dirichlet of one category": constructor_row(lambda: Dirichlet((1,)), r"Dirichlet.*size >= 2"),
+    "mvn without a vector": constructor_row(lambda: MultivariateNormal(()), r"MultivariateNormal needs an event shape ending"),
+    "normal-wishart of a string dimension": constructor_row(lambda: NormalWishart(("2",)), r"NormalWishart event_shape"),
+    "bernoulli of a float dimension": constructor_row(lambda: Bernoulli((1.5,)), r"Bernoulli event_shape.*1\.5"),
+    "beta of a negative dimension": constructor_row(lambda: Beta((-1,)), r"Beta event_shape.*-1"),
+    "categorical of a string shape": constructor_row(lambda: Categorical("ab"), r"Categorical event_shape.*str"),
+    "point mass of a bool dimension": constructor_row(lambda: PointMass((True,), scale=1.0), r"PointMass event_shape.*True"),
     "point mass infinite scale": constructor_row(lambda: PointMass((), scale=math.inf), r"point_scale.*inf"),
     "point mass scale whose square overflows": constructor_row(lambda: PointMass((), scale=1e200), r"point_scale.*1e\+200"),
     "point mass scale whose square underflows": constructor_row(lambda: PointMass((), scale=1e-200), r"point_scale.*1e-200"),
@@ -854,6 +860,10 @@ def test_bad_input(name, tmp_path):
     assert_unchanged(before, roots)
     assert files_digest(tmp_path) == files, "files were modified"
     assert row.digest() == digest, "messages were modified"
+
+
+def test_the_table_is_large():
+    assert len(BAD) >= 80
 
 
 # ----- mutated files: a clean rejection within a bounded amount of work -----------------------

@@ -498,3 +498,21 @@ def _signal_group(process, sig):
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def test_check_magnitudes_bounds_cost_terms():
+    """Honest components pass; float32 natural parameters of 1e30 (in their domain) do not, in
+    either direction; the same values in float64 pass, and their costs against honest
+    components are finite."""
+    from pyro_fusion import kl_cost_matrix
+    from pyro_fusion.flower import check_magnitudes
+
+    honest = client_posterior(3).components
+    check_magnitudes(honest, "reverse", "node 1")
+    extreme = honest.with_natural(honest.concat() * 1e30)
+    for direction in ("reverse", "forward"):
+        with pytest.raises(ValueError, match="node 2, field 'loc'.*too extreme"):
+            check_magnitudes(extreme, direction, "node 2")
+    wide = honest.with_natural(honest.concat().double() * 1e30)
+    check_magnitudes(wide, "reverse", "node 3")
+    assert torch.isfinite(kl_cost_matrix(wide, honest.with_natural(honest.concat().double()))).all()

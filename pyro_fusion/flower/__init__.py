@@ -14,7 +14,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from .client import GlobalRound, receive_global, reply
-from .strategy import KLFusion, Rejection, RoundFusion, zero_mean_prior
+from .strategy import KLFusion, Rejection, RoundFusion, check_magnitudes, zero_mean_prior
 from .wire import encode, read_global, read_reply, reply_content
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "KLFusion",
     "Rejection",
     "RoundFusion",
+    "check_magnitudes",
     "encode",
     "read_global",
     "read_reply",
