@@ -516,3 +516,33 @@ def test_check_magnitudes_bounds_cost_terms():
     wide = honest.with_natural(honest.concat().double() * 1e30)
     check_magnitudes(wide, "reverse", "node 3")
     assert torch.isfinite(kl_cost_matrix(wide, honest.with_natural(honest.concat().double()))).all()
+
+
+def test_fusion_error_naming_a_client_rejects_its_reply_only():
+    """A fusion ValueError that names a client ("client j: ...") rejects that client's reply and
+    fusion runs again without it; any other fusion error keeps the previous global posterior."""
+    from pyro_fusion import fuse_posteriors
+
+    calls = []
+
+    def picky_fuser(posts, weights):
+        calls.append(len(posts))
+        if len(posts) == 3:
+            raise ValueError("client 1: its cost terms are not finite")
+        return fuse_posteriors(posts, weights, price=1.0)
+
+    strategy = KLFusion(max_width=100, max_num_examples=1000, fuser=picky_fuser)
+    arrays, metrics = strategy.aggregate_train(1, [good_reply(m) for m in train_messages(strategy)])
+    assert calls == [3, 2] and arrays is not None
+    assert metrics["num-accepted"] == 2 and metrics["num-rejected"] == 1
+    (rejection,) = strategy.rejections[1]
+    assert rejection.node_id == 12 and "fusion refused its reply: client 1" in rejection.reason
+    assert set(strategy.assignments[1]) == {11, 13}
+
+    def broken_fuser(posts, weights):
+        raise RuntimeError("out of memory")
+
+    first = strategy.global_posterior
+    strategy.fuser = broken_fuser
+    arrays, metrics = strategy.aggregate_train(2, [good_reply(m) for m in train_messages(strategy, 2, arrays=arrays)])
+    assert arrays is None and metrics["num-rejected"] == 0 and strategy.global_posterior is first
