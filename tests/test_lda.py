@@ -1,3 +1,4 @@
+import doctest
 import math
 import os
 import runpy
@@ -6,7 +7,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import pyro_fusion.metrics.topics
 from pyro_fusion.adapters.lda import (
     align_concentration,
     average_topics_by_index,
@@ -19,6 +23,7 @@ from pyro_fusion.datasets.brown import load_brown
 from pyro_fusion.datasets import Corpus
 from pyro_fusion.metrics.topics import (
     document_completion,
+    fold_in,
     split_halves,
     topic_word_matrix,
     top_words,
@@ -253,12 +258,56 @@ def test_different_vocabularies_end_to_end():
 # ----- metrics -----------------------------------------------------------------------------------
 
 
-def test_split_halves():
-    counts = torch.tensor([[3.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
-    a, b = split_halves(counts, seed=3)
+@given(seed=st.integers(0, 2**16), num_docs=st.integers(1, 6), vocab_size=st.integers(1, 8))
+@settings(max_examples=30, deadline=None)
+def test_split_halves(seed, num_docs, vocab_size):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 5, (num_docs, vocab_size), generator=g).float()
+    a, b = split_halves(counts, seed=seed)
     assert torch.equal(a + b, counts)
-    assert a.sum(-1).tolist() == [2.0, 1.0]
+    assert torch.equal(a.sum(-1), (counts.sum(-1) / 2).floor())
     assert (a >= 0).all() and (b >= 0).all()
+    assert torch.equal(split_halves(counts, seed=seed)[0], a)
+
+
+def em_fold_in(topics, counts, doc_prior, num_iters):
+    """Plain EM for the MAP topic proportions on dense matrices (the reference)."""
+    theta = torch.full((counts.shape[0], topics.shape[0]), 1.0 / topics.shape[0], dtype=topics.dtype)
+    for _ in range(num_iters):
+        ratio = torch.where(counts > 0, counts / (theta @ topics), torch.zeros_like(counts))
+        theta = theta * (ratio @ topics.T) + doc_prior
+        theta = theta / theta.sum(-1, keepdim=True)
+    return theta
+
+
+@pytest.mark.parametrize("num_topics", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fold_in_reaches_the_em_fixed_point(num_topics, dtype):
+    g = torch.Generator().manual_seed(num_topics)
+    topics = torch.distributions.Dirichlet(torch.full((num_topics, 15), 0.3, dtype=dtype)).sample()
+    counts = (torch.randint(0, 4, (9, 15), generator=g) * (torch.rand(9, 15, generator=g) < 0.5)).to(dtype)
+    counts[4] = 0.0  # an empty document gets the prior's mode, uniform proportions
+    reference = em_fold_in(topics.double(), counts.double(), 0.1, num_iters=3000)
+    theta = fold_in(topics, counts, doc_prior=0.1, num_iters=1000, tol=1e-9 if dtype == torch.float64 else 1e-6)
+    assert theta.dtype == dtype
+    torch.testing.assert_close(theta.double(), reference, rtol=0, atol=1e-7 if dtype == torch.float64 else 1e-4)
+    # a budget of one EM-map evaluation is one plain EM step from uniform proportions
+    one_step = em_fold_in(topics.double(), counts.double(), 0.1, num_iters=1)
+    torch.testing.assert_close(fold_in(topics, counts, num_iters=1).double(), one_step, rtol=1e-5, atol=1e-6)
+
+
+def test_document_completion_matches_dense_reference():
+    corpus, true_topics = synthetic_corpus(num_docs=12, vocab_size=20)
+    observed, scored = split_halves(corpus.counts.double(), seed=5)
+    theta = em_fold_in(true_topics.double(), observed, 0.1, num_iters=3000)
+    expected = float((scored * (theta @ true_topics.double()).log()).sum() / scored.sum())
+    assert document_completion(true_topics, corpus.counts, seed=5) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("function", [fold_in, document_completion])
+def test_evaluation_refuses_mismatched_vocabularies(function):
+    with pytest.raises(ValueError, match=function.__name__ + r": expected topics \[K, V\] and counts \[D, V\]"):
+        function(torch.full((2, 4), 0.25), torch.ones(3, 5))
 
 
 def test_document_completion_prefers_true_topics():
@@ -284,6 +333,12 @@ def test_top_n_beyond_the_vocabulary_is_refused():
         top_words(topics, vocab, n=4)
     with pytest.raises(ValueError, match=r"umass_coherence: top_n=0 must be in \[1, 3\]"):
         umass_coherence(topics, counts, top_n=0)
+
+
+@pytest.mark.parametrize("module", [pyro_fusion.metrics.topics])
+def test_docstring_examples(module):
+    failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried > 0 and failures == 0
 
 
 # ----- tutorial ------------------------------------------------------------------------------------
