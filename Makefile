@@ -23,7 +23,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(VENV_PYTHON) -m pip install -e ".[test,flower]"
+	$(VENV_PYTHON) -m pip install -e ".[test,flower,bench]"
 	touch $@
 
 test: venv

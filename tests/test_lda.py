@@ -1,12 +1,18 @@
+import doctest
 import math
 import os
+import re
 import runpy
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import pyro_fusion.metrics.topics
+import pyro_fusion.models.lda
 from pyro_fusion.adapters.lda import (
     align_concentration,
     average_topics_by_index,
@@ -19,12 +25,13 @@ from pyro_fusion.datasets.brown import load_brown
 from pyro_fusion.datasets import Corpus
 from pyro_fusion.metrics.topics import (
     document_completion,
+    fold_in,
     split_halves,
     topic_word_matrix,
     top_words,
     umass_coherence,
 )
-from pyro_fusion.models.lda import LDA
+from pyro_fusion.models.lda import LDA, expected_log, fit_doc_topics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,6 +191,106 @@ def test_fit_rejects_other_vocabulary():
         LDA(2, corpus.vocab[:-1]).fit(corpus, num_steps=1)
 
 
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(num_steps=0), "num_steps and batch_size must be positive, got 0 and 128"),
+        (dict(batch_size=0), "num_steps and batch_size must be positive, got 1 and 0"),
+        (dict(learning_offset=-1.0), "learning_offset must be >= 0, got -1.0"),
+        (dict(prior=dist.Dirichlet(torch.ones(3, 8))), "prior must be a Dirichlet over (2, 8) topics"),
+        (dict(prior=dist.Dirichlet(torch.ones(2, 8)), natural_gradient=False), "a prior posterior needs the"),
+    ],
+)
+def test_fit_refuses_bad_options(kwargs, message):
+    corpus, _ = synthetic_corpus(num_docs=5, vocab_size=8)
+    lda = LDA(2, corpus.vocab, name="bad")
+    with pytest.raises(ValueError, match="LDA 'bad': " + re.escape(message)):
+        lda.fit(corpus, **{"num_steps": 1, **kwargs})
+    assert "bad.topic_concentration" not in pyro.get_param_store()
+
+
+def coordinate_ascent(exp_log_topics, counts, doc_prior, num_iters):
+    """The local step of variational LDA on dense matrices, a fixed number of sweeps (the reference)."""
+    num_topics = exp_log_topics.shape[0]
+    gamma = doc_prior + counts.sum(-1, keepdim=True).expand(-1, num_topics) / num_topics
+    for _ in range(num_iters):
+        exp_log_doc = expected_log(gamma).exp()
+        ratio = torch.where(counts > 0, counts / (exp_log_doc @ exp_log_topics), torch.zeros_like(counts))
+        gamma = doc_prior + exp_log_doc * (ratio @ exp_log_topics.T)
+    return gamma
+
+
+@pytest.mark.parametrize("num_topics", [1, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fit_doc_topics_is_coordinate_ascent(num_topics, dtype):
+    corpus, _ = synthetic_corpus(num_docs=12, vocab_size=20)
+    counts = corpus.counts.to(dtype)
+    counts[3] = 0.0  # an empty document keeps the prior
+    exp_log_topics = expected_log(torch.rand(num_topics, 20, dtype=dtype) * 5 + 0.1).exp()
+    reference = coordinate_ascent(exp_log_topics.double(), counts.double(), 0.1, num_iters=2000)
+    gamma = fit_doc_topics(exp_log_topics, counts, 0.1, num_iters=2000, tol=1e-9)
+    assert gamma.dtype == dtype
+    torch.testing.assert_close(gamma.double(), reference, rtol=1e-4 if dtype == torch.float32 else 1e-7, atol=1e-5)
+    assert torch.allclose(gamma[3].double(), torch.full((num_topics,), 0.1, dtype=torch.float64))
+    # every document stops once a sweep changes its gamma by less than tol on average (nearly flat topics
+    # converge slowly: allow enough sweeps)
+    gamma = fit_doc_topics(exp_log_topics.double(), counts.double(), 0.1, num_iters=5000, tol=1e-3)
+    one_more = coordinate_ascent_from(gamma, exp_log_topics.double(), counts.double(), 0.1)
+    assert bool(((one_more - gamma).abs().mean(-1) < 1e-3).all())
+
+
+def coordinate_ascent_from(gamma, exp_log_topics, counts, doc_prior):
+    exp_log_doc = expected_log(gamma).exp()
+    ratio = torch.where(counts > 0, counts / (exp_log_doc @ exp_log_topics), torch.zeros_like(counts))
+    return doc_prior + exp_log_doc * (ratio @ exp_log_topics.T)
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_online_step_is_the_natural_gradient_step(with_prior):
+    """With the whole corpus as one batch and rho = 1 (learning_offset=0), one step is the batch VB update:
+    the topic prior (or the given prior posterior) plus the expected topic-word counts under the starting
+    topics."""
+    corpus, _ = synthetic_corpus(num_docs=20, vocab_size=16)
+    lda = LDA(3, corpus.vocab, name="online")
+    start = torch.rand(3, 16, dtype=torch.float64) * 10 + 0.5
+    lda.load_topic_posterior(dist.Dirichlet(start))
+    prior = dist.Dirichlet(torch.rand(3, 16, dtype=torch.float64) + 0.5) if with_prior else None
+    lda.fit(corpus, num_steps=1, batch_size=len(corpus), learning_offset=0.0, prior=prior)
+    exp_log_topics = expected_log(start).exp()
+    counts = corpus.counts.double()
+    gamma = fit_doc_topics(exp_log_topics, counts, lda.doc_prior)
+    exp_log_doc = expected_log(gamma).exp()
+    ratio = torch.where(counts > 0, counts / (exp_log_doc @ exp_log_topics), torch.zeros_like(counts))
+    expected = (prior.concentration if with_prior else lda.topic_prior) + exp_log_topics * (exp_log_doc.T @ ratio)
+    torch.testing.assert_close(lda.topic_posterior().concentration, expected)
+    torch.testing.assert_close(pyro.param("online.topic_concentration").detach(), expected)
+
+
+@pytest.mark.parametrize("learning_offset", [10.0, 1e9])
+def test_fit_warm_starts_from_the_loaded_topics(learning_offset):
+    corpus, _ = synthetic_corpus(num_docs=20, vocab_size=16)
+    lda = LDA(3, corpus.vocab)
+    start = torch.rand(3, 16) * 10 + 0.5
+    lda.load_topic_posterior(dist.Dirichlet(start))
+    lda.fit(corpus, num_steps=1, batch_size=5, learning_offset=learning_offset)
+    after = lda.topic_posterior().concentration
+    keep = 1 - (learning_offset + 1) ** -0.7  # the weight of the starting topics after one step
+    assert bool((after >= keep * start * (1 - 1e-6)).all())
+    if learning_offset > 1e6:
+        torch.testing.assert_close(after, start, rtol=1e-4, atol=0)
+
+
+def test_online_vb_recovers_the_true_topics():
+    corpus, true_topics = synthetic_corpus(num_docs=200, vocab_size=40, seed=2)
+    lda = LDA(4, corpus.vocab)
+    losses = lda.fit(corpus, num_steps=40, batch_size=50, seed=0)
+    fitted = lda.topic_word_matrix()
+    # every true topic has a fitted one within a small total-variation distance
+    distance = (true_topics.unsqueeze(1) - fitted.unsqueeze(0)).abs().sum(-1) / 2
+    assert distance.min(1).values.max() < 0.15
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
 # ----- fusion ------------------------------------------------------------------------------------
 
 
@@ -253,12 +360,56 @@ def test_different_vocabularies_end_to_end():
 # ----- metrics -----------------------------------------------------------------------------------
 
 
-def test_split_halves():
-    counts = torch.tensor([[3.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
-    a, b = split_halves(counts, seed=3)
+@given(seed=st.integers(0, 2**16), num_docs=st.integers(1, 6), vocab_size=st.integers(1, 8))
+@settings(max_examples=30, deadline=None)
+def test_split_halves(seed, num_docs, vocab_size):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 5, (num_docs, vocab_size), generator=g).float()
+    a, b = split_halves(counts, seed=seed)
     assert torch.equal(a + b, counts)
-    assert a.sum(-1).tolist() == [2.0, 1.0]
+    assert torch.equal(a.sum(-1), (counts.sum(-1) / 2).floor())
     assert (a >= 0).all() and (b >= 0).all()
+    assert torch.equal(split_halves(counts, seed=seed)[0], a)
+
+
+def em_fold_in(topics, counts, doc_prior, num_iters):
+    """Plain EM for the MAP topic proportions on dense matrices (the reference)."""
+    theta = torch.full((counts.shape[0], topics.shape[0]), 1.0 / topics.shape[0], dtype=topics.dtype)
+    for _ in range(num_iters):
+        ratio = torch.where(counts > 0, counts / (theta @ topics), torch.zeros_like(counts))
+        theta = theta * (ratio @ topics.T) + doc_prior
+        theta = theta / theta.sum(-1, keepdim=True)
+    return theta
+
+
+@pytest.mark.parametrize("num_topics", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fold_in_reaches_the_em_fixed_point(num_topics, dtype):
+    g = torch.Generator().manual_seed(num_topics)
+    topics = torch.distributions.Dirichlet(torch.full((num_topics, 15), 0.3, dtype=dtype)).sample()
+    counts = (torch.randint(0, 4, (9, 15), generator=g) * (torch.rand(9, 15, generator=g) < 0.5)).to(dtype)
+    counts[4] = 0.0  # an empty document gets the prior's mode, uniform proportions
+    reference = em_fold_in(topics.double(), counts.double(), 0.1, num_iters=3000)
+    theta = fold_in(topics, counts, doc_prior=0.1, num_iters=1000, tol=1e-9 if dtype == torch.float64 else 1e-6)
+    assert theta.dtype == dtype
+    torch.testing.assert_close(theta.double(), reference, rtol=0, atol=1e-7 if dtype == torch.float64 else 1e-4)
+    # a budget of one EM-map evaluation is one plain EM step from uniform proportions
+    one_step = em_fold_in(topics.double(), counts.double(), 0.1, num_iters=1)
+    torch.testing.assert_close(fold_in(topics, counts, num_iters=1).double(), one_step, rtol=1e-5, atol=1e-6)
+
+
+def test_document_completion_matches_dense_reference():
+    corpus, true_topics = synthetic_corpus(num_docs=12, vocab_size=20)
+    observed, scored = split_halves(corpus.counts.double(), seed=5)
+    theta = em_fold_in(true_topics.double(), observed, 0.1, num_iters=3000)
+    expected = float((scored * (theta @ true_topics.double()).log()).sum() / scored.sum())
+    assert document_completion(true_topics, corpus.counts, seed=5) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("function", [fold_in, document_completion])
+def test_evaluation_refuses_mismatched_vocabularies(function):
+    with pytest.raises(ValueError, match=function.__name__ + r": expected topics \[K, V\] and counts \[D, V\]"):
+        function(torch.full((2, 4), 0.25), torch.ones(3, 5))
 
 
 def test_document_completion_prefers_true_topics():
@@ -284,6 +435,12 @@ def test_top_n_beyond_the_vocabulary_is_refused():
         top_words(topics, vocab, n=4)
     with pytest.raises(ValueError, match=r"umass_coherence: top_n=0 must be in \[1, 3\]"):
         umass_coherence(topics, counts, top_n=0)
+
+
+@pytest.mark.parametrize("module", [pyro_fusion.metrics.topics, pyro_fusion.models.lda])
+def test_docstring_examples(module):
+    failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried > 0 and failures == 0
 
 
 # ----- tutorial ------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_fusion.metrics import hausdorff
-from pyro_fusion.models.clustering import kmeans
+from pyro_fusion.models.clustering import kmeans, spherical_kmeans
 from pyro_fusion.models.training import svi_steps
+from pyro_fusion.sparse_counts import SparseCounts
 
 CENTRES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
 
@@ -55,6 +56,32 @@ def test_kmeans_is_seeded():
     data = clustered(60, 3)
     a, b = kmeans(data, 3, seed=4), kmeans(data, 3, seed=4)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def documents_by_direction(num_docs=40, seed=0):
+    """Sparse nonnegative rows along two disjoint sets of columns, at lengths 1 and 100."""
+    gen = torch.Generator().manual_seed(seed)
+    group = torch.arange(num_docs) % 2
+    support = torch.zeros(num_docs, 12)
+    support[group == 0, :6] = 1.0
+    support[group == 1, 6:] = 1.0
+    lengths = torch.where(torch.arange(num_docs) % 4 < 2, 1.0, 100.0).unsqueeze(-1)
+    rows = support * torch.rand(num_docs, 12, generator=gen) * (torch.rand(num_docs, 12, generator=gen) < 0.6)
+    return rows * lengths, group
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spherical_kmeans_clusters_sparse_rows_by_direction(seed):
+    rows, group = documents_by_direction(seed=seed)
+    labels = spherical_kmeans(SparseCounts.from_dense(rows), 2, seed=seed)
+    assert torch.equal(labels[:, None] == labels[None, :], group[:, None] == group[None, :])
+    assert torch.equal(spherical_kmeans(SparseCounts.from_dense(rows), 2, seed=seed), labels)  # seeded
+
+
+@pytest.mark.parametrize("k", [0, 41])
+def test_spherical_kmeans_rejects_bad_arguments(k):
+    with pytest.raises(ValueError, match=r"spherical_kmeans: need 1 <= num_clusters <= 40 rows"):
+        spherical_kmeans(SparseCounts.from_dense(documents_by_direction()[0]), k)
 
 
 def normal_model(data):

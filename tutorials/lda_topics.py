@@ -40,20 +40,20 @@ from pyro_fusion.models.lda import LDA  # noqa: E402
 SMALL = small_run()
 OUTPUT = os.environ.get("PYRO_FUSION_OUTPUT", "outputs")
 NUM_TOPICS = 4 if SMALL else 10
-PASSES = 2 if SMALL else 10
+STEPS = 10 if SMALL else 50  # online VB steps per party; a genre (a few dozen documents) is one minibatch
 os.makedirs(OUTPUT, exist_ok=True)
 torch.set_num_threads(1)
 pyro.set_rng_seed(0)
 
 # %% [markdown]
 # ## One corpus per genre, each with its own vocabulary
-# A fifth of every genre's documents is held out for scoring.
+# A fifth of every genre's documents is held out for scoring, and another fifth arrives later (after fusion).
 
 # %%
 brown = load_brown()
 genres = brown.label_names[:3] if SMALL else brown.label_names
 generator = torch.Generator().manual_seed(0)
-clients, held_out = [], []
+clients, held_out, later = [], [], []
 for g, genre in enumerate(genres):
     docs = (brown.labels == brown.label_names.index(genre)).nonzero().squeeze(-1)
     docs = docs[torch.randperm(len(docs), generator=generator)]
@@ -61,17 +61,20 @@ for g, genre in enumerate(genres):
         docs = docs[:10]
     num_test = max(1, len(docs) // 5)
     held_out.append(docs[:num_test])
-    clients.append(brown.subset(docs[num_test:]).restrict_vocabulary())
+    later.append(docs[num_test : 2 * num_test])
+    clients.append(brown.subset(docs[2 * num_test :]).restrict_vocabulary())
     print(f"{genre:16s} {len(clients[-1]):3d} documents, {len(clients[-1].vocab):5d} words")
 
 # %% [markdown]
 # ## Each party trains its LDA
+# `fit` is online variational Bayes: every minibatch's topic proportions are fitted per document by coordinate
+# ascent, then the topics take a natural-gradient step.
 
 # %%
 models = []
 for genre, corpus in zip(genres, clients):
     model = LDA(NUM_TOPICS, corpus.vocab, name=genre)
-    model.fit(corpus, num_steps=max(20, int(PASSES * len(corpus) / 32)), batch_size=32)
+    model.fit(corpus, num_steps=STEPS)
     models.append(model)
 
 # %% [markdown]
@@ -103,7 +106,22 @@ for genre, model in zip(genres, models):
     # the local topics over the union vocabulary (words the party never saw at the prior)
     local = topic_word_matrix(topic_components(model, global_lda.vocab).distributions()["topic_words"])
     print(f"local {genre:16s} {document_completion(local, test.counts):.3f}")
-print(f"fused {'':16s} {document_completion(global_lda.topic_word_matrix(), test.counts):.3f}")
+fused_score = document_completion(global_lda.topic_word_matrix(), test.counts)
+print(f"fused {'':16s} {fused_score:.3f}")
+
+# %% [markdown]
+# ## Warm start: the fused model goes on learning from new documents
+# More documents of every genre arrive after fusion. The global LDA goes on training on them in one call:
+# `fit` starts from the topics in its guide (the fused ones), and `prior=global_lda.topic_posterior()` makes the
+# fused posterior the topics' prior, so the new documents add their evidence to what the parties learned.
+# (Without it, online VB drifts, step by step, towards a model of the new documents alone.) Words outside the
+# fused vocabulary are dropped by `reindex`.
+
+# %%
+new_documents = brown.subset(torch.cat(later)).reindex(global_lda.vocab)
+global_lda.fit(new_documents, num_steps=20, batch_size=32, prior=global_lda.topic_posterior())
+warm_score = document_completion(global_lda.topic_word_matrix(), test.counts)
+print(f"fused, then {len(new_documents)} new documents: {warm_score:.3f} (fused alone: {fused_score:.3f})")
 
 # %% [markdown]
 # ## Which party supports which global topic

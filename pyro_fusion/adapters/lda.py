@@ -170,9 +170,11 @@ class LDAAdapter(FusionAdapter):
     :class:`~pyro_fusion.models.lda.LDA` whose guide is filled with the fused topics: its
     :meth:`~pyro_fusion.models.lda.LDA.dirichlet_guide` starts at the fused concentrations (param
     ``"{name}.topic_concentration"``), or for AutoNormal clients its
-    :meth:`~pyro_fusion.models.lda.LDA.autonormal_guide` has the fused locs and scales. The fused model's
-    document encoder is untrained (encoders of different vocabularies are not comparable): score documents
-    with :func:`~pyro_fusion.metrics.topics.fold_in`, or train the encoder with SVI starting from the fused guide.
+    :meth:`~pyro_fusion.models.lda.LDA.autonormal_guide` has the fused locs and scales. Score documents with
+    :func:`~pyro_fusion.metrics.topics.document_completion`; go on training on new documents with one call,
+    ``fused.model.fit(new.reindex(fused.model.vocab), prior=fused.model.topic_posterior())`` (online VB from the
+    fused topics, with the fused posterior as the prior). The fused model's document encoder (used only by SVI
+    with Adam) is untrained: encoders of different vocabularies are not comparable.
 
     On real corpora the posteriors of topics are sharp (thousands of words each), so the KL between two clients'
     versions of "the same" topic is large (on AP, 5 random clients: 5e4 to 2e5 nats) next to the default price

@@ -2,17 +2,29 @@
 Evaluation of topic models: :func:`document_completion` and :func:`umass_coherence` need only a
 topic-word matrix (:func:`topic_word_matrix` of a topic posterior), so local, naively averaged,
 fused and pooled models are all scored by the same procedure; :func:`top_words` shows them.
+Document completion folds all held-out documents in at once, on their nonzero counts
+(:func:`fold_in`, :class:`~pyro_fusion.sparse_counts.SparseCounts`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-__all__ = ["document_completion", "fold_in", "split_halves", "top_words", "topic_word_matrix", "umass_coherence"]
+from ..sparse_counts import SparseCounts, as_sparse_counts
+
+__all__ = [
+    "document_completion",
+    "fold_in",
+    "split_halves",
+    "split_tokens",
+    "top_words",
+    "topic_word_matrix",
+    "umass_coherence",
+]
 
 _TINY = 1e-30
 
@@ -35,65 +47,137 @@ def split_halves(counts: Tensor, seed: int = 0) -> Tuple[Tensor, Tensor]:
     """
     Split every document's tokens at random into two halves of equal size (``floor`` and ``ceil``).
 
+    Example::
+
+        >>> observed, held_out = split_halves(torch.tensor([[3.0, 0.0, 2.0], [1.0, 1.0, 0.0]]), seed=3)
+        >>> (observed + held_out).tolist(), observed.sum(-1).tolist()
+        ([[3.0, 0.0, 2.0], [1.0, 1.0, 0.0]], [2.0, 1.0])
+
     :param Tensor counts: ``[D, V]`` integer-valued counts.
     :returns: ``(observed, held_out)``, both ``[D, V]``, summing to ``counts``.
     """
-    generator = torch.Generator().manual_seed(seed)
-    flat = counts.long().flatten()
-    word = torch.repeat_interleave(torch.arange(flat.numel()), flat)  # one entry per token (doc-major)
-    doc = word // counts.shape[1]
-    # random order within each document: sort by (doc, random key)
-    key = torch.rand(word.numel(), generator=generator, dtype=torch.float64)
-    order = torch.argsort(doc.double() + key)
-    doc_sorted = doc[order]
-    start = torch.searchsorted(doc_sorted, torch.arange(counts.shape[0]))
-    rank = torch.arange(word.numel()) - start[doc_sorted]
-    length = counts.sum(1).long()
-    first = rank < length[doc_sorted] // 2
-    observed = torch.zeros(flat.numel(), dtype=counts.dtype)
-    observed.index_add_(0, word[order][first], torch.ones(int(first.sum()), dtype=counts.dtype))
-    observed = observed.view_as(counts)
+    sparse = SparseCounts.from_dense(counts)
+    observed = sparse.with_count(split_tokens(sparse, seed)).to_dense()
     return observed, counts - observed
 
 
+def split_tokens(counts: SparseCounts, seed: int = 0) -> Tensor:
+    """
+    The sparse core of :func:`split_halves`: how many of each nonzero entry's tokens fall in the observed half
+    (``[nnz]``; the held-out half is ``counts.count`` minus it). Work and memory grow with the number of
+    tokens, not with ``D x V``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    entry = torch.repeat_interleave(torch.arange(counts.word.shape[0]), counts.count.long())  # one per token
+    doc = counts.doc[entry]  # document-major, words in increasing order within a document
+    # random order within each document: sort by (doc, random key)
+    key = torch.rand(entry.shape[0], generator=generator, dtype=torch.float64)
+    order = torch.argsort(doc.double() + key)
+    doc_sorted = doc[order]
+    length = torch.bincount(doc, minlength=len(counts))
+    start = length.cumsum(0) - length
+    rank = torch.arange(entry.shape[0]) - start[doc_sorted]
+    first = rank < length[doc_sorted] // 2
+    return counts.count.new_zeros(counts.word.shape[0]).index_add_(
+        0, entry[order][first], counts.count.new_ones(int(first.sum()))
+    )
+
+
 def fold_in(
-    topics: Tensor, counts: Tensor, doc_prior: float = 0.1, num_iters: int = 200, tol: float = 1e-5
+    topics: Tensor,
+    counts: Union[Tensor, SparseCounts],
+    doc_prior: float = 0.1,
+    num_iters: int = 200,
+    tol: float = 1e-5,
 ) -> Tensor:
     """
-    Topic proportions ``[D, K]`` of documents under fixed topics ``[K, V]``: the EM fixed point
-    ``theta ∝ theta * ((counts / (theta @ topics)) @ topics.T) + doc_prior`` (batched over documents, on the
-    nonzero counts only), iterated until no proportion moves by more than ``tol`` or ``num_iters`` times.
-    """
-    doc, word = counts.nonzero(as_tuple=True)
-    weight = counts[doc, word].unsqueeze(-1)
-    columns = topics[:, word].T  # [nnz, K]
-    theta = counts.new_full((counts.shape[0], topics.shape[0]), 1.0 / topics.shape[0])
-    for _ in range(num_iters):
-        probs = (theta[doc] * columns).sum(-1, keepdim=True).clamp_min(_TINY)
-        new = theta * torch.zeros_like(theta).index_add_(0, doc, weight * columns / probs) + doc_prior
-        new = new / new.sum(-1, keepdim=True)
-        converged = bool((new - theta).abs().max() < tol)
-        theta = new
-        if converged:
-            break
-    return theta
+    Topic proportions ``[D, K]`` of documents under fixed topics ``[K, V]``: the maximum a posteriori
+    proportions under a ``Dirichlet(1 + doc_prior)`` prior, i.e. the fixed point of the EM map
+    ``theta <- normalize(theta * ((counts / (theta @ topics)) @ topics.T) + doc_prior)``. The objective is
+    concave, so the fixed point is unique; it is reached with the EM map accelerated by SQUAREM (Varadhan &
+    Roland, 2008; a step is kept only where it raises the objective, otherwise the plain EM step is taken),
+    for all documents at once on their nonzero counts. A document is done when an EM step moves none of its
+    proportions by more than ``tol``, or after ``num_iters`` EM-map evaluations.
 
+    Example::
 
-def document_completion(topics: Tensor, counts: Tensor, seed: int = 0, doc_prior: float = 0.1) -> float:
-    """
-    Held-out per-word log-likelihood by document completion: the topic proportions of each document are
-    fitted (:func:`fold_in`) on a random half of its words and the other half is scored.
+        >>> topics = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]], dtype=torch.float64)
+        >>> fold_in(topics, torch.tensor([[4.0, 4.0, 0.0, 0.0]], dtype=torch.float64), doc_prior=0.1)
+        tensor([[0.9878, 0.0122]], dtype=torch.float64)
 
     :param Tensor topics: topic-word probabilities ``[K, V]``.
-    :param Tensor counts: held-out documents ``[D, V]`` over the same vocabulary.
+    :param counts: ``[D, V]`` word counts (dense, or :class:`~pyro_fusion.sparse_counts.SparseCounts`).
+    :returns: ``[D, K]`` in the dtype of ``topics``.
+    """
+    counts = as_sparse_counts(counts, topics, "fold_in")
+    word_topics = topics.T.contiguous()
+
+    def em(counts: SparseCounts, theta: Tensor, with_objective: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+        norm, weighted = counts.mixture_step(theta, word_topics)
+        new = weighted + doc_prior
+        new = new / new.sum(-1, keepdim=True)
+        if not with_objective:
+            return new, None
+        objective = theta.new_zeros(theta.shape[0]).index_add_(0, counts.doc, counts.count * norm.log())
+        return new, objective + doc_prior * theta.clamp_min(_TINY).log().sum(-1)
+
+    result = topics.new_full((len(counts), topics.shape[0]), 1.0 / topics.shape[0])
+    active = torch.arange(len(counts))  # the documents still moving, and their proportions
+    theta = result.clone()
+    evaluations = 0
+    while evaluations < num_iters:
+        step, objective = em(counts, theta)
+        evaluations += 1
+        done = (step - theta).abs().amax(-1) < tol
+        if evaluations + 2 > num_iters:
+            done[:] = True
+        if bool(done.any()):
+            result[active[done]] = step[done]
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            counts, active = counts.rows(keep), active[keep]
+            theta, step, objective = theta[keep], step[keep], objective[keep]
+        step2, _ = em(counts, step, with_objective=False)
+        r = step - theta
+        v = step2 - step - r
+        alpha = -(r.norm(dim=-1) / v.norm(dim=-1).clamp_min(_TINY)).clamp_min(1.0).unsqueeze(-1)
+        extrapolated = theta - 2 * alpha * r + alpha.square() * v
+        feasible = (extrapolated > 0).all(-1, keepdim=True)
+        extrapolated = torch.where(feasible, extrapolated, step2)
+        step3, extrapolated_objective = em(counts, extrapolated)
+        evaluations += 2
+        theta = torch.where((extrapolated_objective >= objective).unsqueeze(-1), step3, step2)
+    return result
+
+
+def document_completion(
+    topics: Tensor, counts: Union[Tensor, SparseCounts], seed: int = 0, doc_prior: float = 0.1
+) -> float:
+    """
+    Held-out per-word log-likelihood by document completion: the topic proportions of each document are
+    fitted (:func:`fold_in`) on a random half of its words (:func:`split_halves`) and the other half is
+    scored. All documents at once, on their nonzero counts, in float64.
+
+    Example::
+
+        >>> topics = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
+        >>> round(document_completion(topics, torch.tensor([[4.0, 4.0, 0.0, 0.0]])), 3)
+        -0.717
+
+    :param Tensor topics: topic-word probabilities ``[K, V]``.
+    :param counts: held-out documents ``[D, V]`` over the same vocabulary (dense, or
+        :class:`~pyro_fusion.sparse_counts.SparseCounts`: convert once to score several models).
     :returns: total log-likelihood of the scored halves divided by their number of words.
     """
     topics = topics.double()
-    observed, scored = split_halves(counts.double(), seed)
-    theta = fold_in(topics, observed, doc_prior)
-    doc, word = scored.nonzero(as_tuple=True)
-    probs = (theta[doc] * topics[:, word].T).sum(-1).clamp_min(_TINY)
-    return float((scored[doc, word] * probs.log()).sum() / scored.sum())
+    sparse = as_sparse_counts(counts, topics, "document_completion")
+    observed = split_tokens(sparse, seed)
+    scored = sparse.count - observed
+    theta = fold_in(topics, sparse.with_count(observed).without_zeros(), doc_prior)
+    held_out = sparse.with_count(scored).without_zeros()
+    probs = held_out.mixture(theta, topics.T.contiguous()).clamp_min(_TINY)
+    return float((held_out.count * probs.log()).sum() / held_out.count.sum())
 
 
 def umass_coherence(topics: Tensor, counts: Tensor, top_n: int = 10) -> float:
