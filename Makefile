@@ -20,7 +20,7 @@ BENCHMARKS := $(sort $(filter-out benchmarks/_%.py,$(wildcard benchmarks/*.py)))
 venv: $(STAMP)
 
 # torch is installed first and pinned, so pip never resolves `torch>=2.0` to a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.cfg
+$(STAMP): pyproject.toml
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install "$(TORCH_SPEC)"
 	$(VENV_PYTHON) -m pip install -e ".[test,flower,bench]"
