@@ -77,14 +77,21 @@ def _fuse(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .apps.mocap import format_table, run_demo
+    from .apps.mocap import FIGURE_FILE, METRICS_FILE, format_table, run_demo
 
     for old, new in (("steps", "num_steps"), ("em_rounds", "num_rounds")):
         if getattr(args, old) is not None:
             warn(f"pyro-fusion demo --{old.replace('_', '-')}", f"--{new.replace('_', '-')}")
             setattr(args, new, getattr(args, old))
-    metrics = run_demo(seed=args.seed, out=args.out, num_steps=args.num_steps, num_rounds=args.num_rounds)
+    out = args.out or None  # --out '' writes no files
+    try:
+        metrics = run_demo(seed=args.seed, out=out, num_steps=args.num_steps, num_rounds=args.num_rounds)
+    except ModuleNotFoundError as e:  # matplotlib, checked before any work
+        print(f"pyro-fusion demo: {e}", file=sys.stderr)
+        return 2
     print(format_table(metrics))
+    if out is not None:
+        print(f"wrote {os.path.join(out, METRICS_FILE)} and {os.path.join(out, FIGURE_FILE)}")
     return 0
 
 
@@ -135,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     demo = sub.add_parser("demo", help="fuse per-sequence HMMs on the CMU mocap6 data")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default=".", help="folder for metrics.json and the PNG")
+    demo.add_argument("--out", default=".", help="folder for metrics.json and the PNG ('': write no files)")
     demo.add_argument("--num-steps", type=int, default=None, help="SVI steps per local fit")
     demo.add_argument("--num-rounds", type=int, default=10, help="federated EM rounds after fusion")
     demo.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # deprecated

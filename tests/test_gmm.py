@@ -132,8 +132,9 @@ def test_gmm_fusion_tutorial_runs(monkeypatch, capsys):
 
 
 def test_warm_start_tutorial_runs(monkeypatch, capsys, tmp_path):
-    png = tmp_path / "curves.png"
-    out = _run_script("tutorials/warm_start.py", monkeypatch, capsys, [str(png)])
+    monkeypatch.setenv("PYRO_FUSION_OUTPUT", str(tmp_path))
+    png = tmp_path / "warm_start.png"
+    out = _run_script("tutorials/warm_start.py", monkeypatch, capsys)
     result = json.loads(out.strip().splitlines()[-1])
     assert set(result) == {"cold_steps_to_target", "warm_steps_to_target"}
     assert result["warm_steps_to_target"] is not None and result["cold_steps_to_target"] is not None

@@ -5,6 +5,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -23,19 +27,16 @@
 # %%
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pyro
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-
-from pyro_fusion import fuse_lda  # noqa: E402
-from pyro_fusion.adapters.lda import topic_components  # noqa: E402
-from pyro_fusion.apps import small_run  # noqa: E402
-from pyro_fusion.datasets.brown import load_brown  # noqa: E402
-from pyro_fusion.metrics.topics import document_completion, top_words, topic_word_matrix  # noqa: E402
-from pyro_fusion.models.lda import LDA  # noqa: E402
+from pyro_fusion import fuse_lda
+from pyro_fusion.adapters.lda import topic_components
+from pyro_fusion.apps import small_run
+from pyro_fusion.datasets.brown import load_brown
+from pyro_fusion.metrics.topics import document_completion, top_words, topic_word_matrix
+from pyro_fusion.models.lda import LDA
 
 SMALL = small_run()
 OUTPUT = os.environ.get("PYRO_FUSION_OUTPUT", "outputs")
@@ -94,8 +95,10 @@ for genre, assignment in zip(genres, result.assignments):
     for g in assignment.tolist():
         contributors[g].append(genre)
 order = result.support.argsort(descending=True).tolist()
-for g, words in zip(order, top_words(global_lda.topic_word_matrix()[order], global_lda.vocab, 8)):
+shown = order[:8]  # the topics most parties share
+for g, words in zip(shown, top_words(global_lda.topic_word_matrix()[shown], global_lda.vocab, 8)):
     print(f"topic {g:3d} [{', '.join(contributors[g])}]: {' '.join(words)}")
+print(f"... and {len(order) - len(shown)} more topics ({(result.support == 1).sum()} held by one party only)")
 
 # %% [markdown]
 # ## Held-out documents of every genre, by document completion

@@ -5,6 +5,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -21,10 +25,11 @@
 # the states of all clients by KL divergence between their posteriors, builds one global
 # HMM, and we then segment every sequence with it and compare with the true exercises.
 #
-# Set `PYRO_FUSION_SMALL=1` to run a tiny version (two sequences, few SVI steps).
+# Set `PYRO_FUSION_SMALL=1` to run a tiny version (two sequences, few SVI steps); the figure is saved
+# as `mocap_segmentation.png` in the folder `$PYRO_FUSION_OUTPUT` (default `outputs`).
 
 # %%
-import matplotlib
+import os
 
 from pyro_fusion import fuse_hmms
 from pyro_fusion.adapters.hmm import hmm_components, refine_hmm
@@ -33,8 +38,8 @@ from pyro_fusion.apps.mocap import plot_segmentation, pooled_standardiser, segme
 from pyro_fusion.datasets import load_mocap6
 from pyro_fusion.models.hmm import HMMPrior, decode, fit_gaussian_hmm
 
-matplotlib.use("Agg")
 SMALL = small_run()
+OUTPUT = os.environ.get("PYRO_FUSION_OUTPUT", "outputs")
 STEPS = 30 if SMALL else 400
 CLIENTS = [0, 3] if SMALL else range(6)
 
@@ -150,9 +155,15 @@ print("log-likelihood per round:", [round(v) for v in log_likelihoods])
 refined_paths = [decode(refined, x) for x in clients]
 print("fused + federated EM:", segmentation_scores(refined_paths, labels))
 
+# %% [markdown]
+# Both models' states against the true exercises, each sequence on its own time axis: a global state
+# matched to an exercise (best one-to-one matching over all frames) takes its colour.
+
 # %%
-plot_segmentation("mocap_segmentation.png", fused_paths, labels, names, data.behaviours)
-print("wrote mocap_segmentation.png")
+os.makedirs(OUTPUT, exist_ok=True)
+models = {"fused (one-shot)": fused_paths, "fused + federated EM": refined_paths}
+fig = plot_segmentation(os.path.join(OUTPUT, "mocap_segmentation.png"), models, labels, names, data.behaviours)
+fig
 
 # %% [markdown]
 # The same pipeline, with the baselines (k-means on the local emission means, one HMM fitted

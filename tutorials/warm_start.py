@@ -4,6 +4,10 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -22,17 +26,13 @@
 # with the same optimiser and learning-rate schedule, and count the SVI steps each needs to come
 # within 1% of the cold start's final ELBO.
 #
-# Run with `PYRO_FUSION_SMALL=1` for a reduced size; the plot goes to the path given as the
-# first argument, or `$PYRO_FUSION_OUTPUT`, or `outputs/warm_start.png`.
+# Run with `PYRO_FUSION_SMALL=1` for a reduced size; the plot is saved as `warm_start.png` in the
+# folder `$PYRO_FUSION_OUTPUT` (default `outputs`).
 
 # %%
 import json
 import os
-import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pyro
 import torch
@@ -48,7 +48,7 @@ POINTS = 100 if SMALL else 300
 CLIENT_STEPS = 40 if SMALL else 150
 POOLED_STEPS = 60 if SMALL else 600
 WINDOW = 5  # steps over which the (single-sample) loss is averaged before comparing it to the target
-OUTPUT = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PYRO_FUSION_OUTPUT", "outputs/warm_start.png")
+OUTPUT = os.environ.get("PYRO_FUSION_OUTPUT", "outputs")
 torch.set_num_threads(1)
 pyro.set_rng_seed(0)
 
@@ -109,7 +109,7 @@ cold_steps = steps_to_target(cold_losses, target)
 warm_steps = steps_to_target(warm_losses, target)
 
 # %%
-os.makedirs(os.path.dirname(os.path.abspath(OUTPUT)), exist_ok=True)
+os.makedirs(OUTPUT, exist_ok=True)
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.plot(range(1, POOLED_STEPS + 1), cold_losses, label="cold start (random data points)")
 ax.plot(range(1, POOLED_STEPS + 1), warm_losses, label="warm start (fused guide)")
@@ -120,7 +120,7 @@ ax.set_xlabel("SVI step")
 ax.set_ylabel("loss (negative ELBO)")
 ax.legend()
 fig.tight_layout()
-fig.savefig(OUTPUT)
+fig.savefig(os.path.join(OUTPUT, "warm_start.png"))
 
 # %%
 print(json.dumps({"cold_steps_to_target": cold_steps, "warm_steps_to_target": warm_steps}))

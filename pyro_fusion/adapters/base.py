@@ -156,16 +156,16 @@ class FusedModel:
     What every front door returns: the fused model of the fused size, its posterior and the
     matching.
 
-    ====================  =====================  ==========================  ==================  ==============
-    front door            ``model``              ``guide`` / ``params``      ``posterior``       ``result``
-    ====================  =====================  ==========================  ==================  ==============
-    ``fuse_posteriors``   ``model=`` option      ``FusedAutoNormal`` if      ``FusedPosterior``  FusionResult
-                                                 ``model=`` is given
-    ``fuse_gmms``         ``gmm_model`` sized    ``FusedAutoNormal``         ``FusedPosterior``  FusionResult
-    ``fuse_hmms``         ``gaussian_hmm_model`` ``params``: ``HMMParams``   site -> Normal      FusionResult
-    ``fuse_lda``          ``LDA``                its guide                   site -> topics      FusionResult
-    ``fuse_mlps``         ``BayesianMLP``        AutoNormal / AutoDelta      site -> Normal      one per layer
-    ====================  =====================  ==========================  ==================  ==============
+    ====================  ======================  ==========================  ==================  ==============
+    front door            ``model``               ``guide`` / ``params``      ``posterior``       ``result``
+    ====================  ======================  ==========================  ==================  ==============
+    ``fuse_posteriors``   ``model=`` option       ``FusedAutoNormal`` if      ``FusedPosterior``  FusionResult
+                                                  ``model=`` is given
+    ``fuse_gmms``         ``gmm_model`` sized     ``FusedAutoNormal``         ``FusedPosterior``  FusionResult
+    ``fuse_hmms``         ``gaussian_hmm_model``  ``params``: ``HMMParams``   site -> Normal      FusionResult
+    ``fuse_lda``          ``LDA``                 its guide                   site -> topics      FusionResult
+    ``fuse_mlps``         ``BayesianMLP``         AutoNormal / AutoDelta      site -> Normal      one per layer
+    ====================  ======================  ==========================  ==================  ==============
 
     :ivar posterior: the fused posterior (see the table).
     :ivar result: the :class:`~pyro_fusion.fusion.FusionResult` (a list, one per layer, for

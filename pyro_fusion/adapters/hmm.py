@@ -31,7 +31,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import Normal
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
 
 from ..components import Components
 from ..deprecation import moved, rename_kwargs, warn

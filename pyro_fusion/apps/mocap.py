@@ -37,14 +37,15 @@ Public API: :func:`run_demo` and :func:`format_table` (the whole job), and its s
 when called), which ``tutorials/mocap_hmm.py`` uses.
 """
 
+import importlib.util
 import json
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
 
 from ..adapters.hmm import fuse_hmms, refine_hmm
 from ..datasets import load_mocap6
@@ -55,11 +56,15 @@ from ..models.hmm import FittedHMM, HMMPrior, decode, fit_gaussian_hmm, single_t
 
 __all__ = [
     "DEFAULT_STEPS",
+    "FIGURE_FILE",
+    "FRAMES_PER_SECOND",
+    "METRICS_FILE",
     "NUM_BEHAVIOURS",
     "format_table",
     "kmeans_baseline",
     "plot_segmentation",
     "pooled_standardiser",
+    "require_matplotlib",
     "run_demo",
     "segmentation_scores",
     "window_features",
@@ -69,6 +74,10 @@ __all__ = [
 NUM_BEHAVIOURS = 12
 #: SVI steps per local fit
 DEFAULT_STEPS = 400
+#: frame rate of the mocap6 sequences
+FRAMES_PER_SECOND = 10
+#: the files :func:`run_demo` writes into its ``out`` folder
+METRICS_FILE, FIGURE_FILE = "metrics.json", "mocap_segmentation.png"
 
 
 def window_features(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -169,48 +178,93 @@ def kmeans_baseline(
     return relabelled
 
 
+def require_matplotlib(caller: str) -> None:
+    """
+    Raise at once, with the install hint, if matplotlib is missing: a caller that plots at the end
+    checks first rather than failing after all its work.
+
+    :param str caller: named in the message.
+    :raises ModuleNotFoundError: if matplotlib cannot be imported.
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ModuleNotFoundError(
+            f"{caller} plots with matplotlib, which is not installed: pip install 'pyro-fusion[plot]' "
+            "(or write no files: out=None, pyro-fusion demo --out '')",
+            name="matplotlib",
+        )
+
+
 def plot_segmentation(
-    path: str,
-    predicted: Sequence[torch.Tensor],
+    path: Optional[str],
+    predicted: Union[Sequence[torch.Tensor], Mapping[str, Sequence[torch.Tensor]]],
     labels: Sequence[torch.Tensor],
     names: Sequence[str],
     behaviours: Sequence[str],
-) -> None:
+    fps: float = FRAMES_PER_SECOND,
+):
     """
-    Write a PNG with, per sequence, the true behaviours above the fused states; fused
-    states matched to a behaviour (:func:`~pyro_fusion.metrics.match_labels`) share its
-    colour, unmatched states are grey.
-    """
-    import matplotlib
+    Per sequence, the true behaviours above the states of each model, on the sequence's own time
+    axis (seconds; sequences of different lengths are drawn to scale). A model's states matched to
+    a behaviour (:func:`~pyro_fusion.metrics.match_labels`, over all sequences) share its colour,
+    unmatched states are grey; each model's pooled scores (:func:`segmentation_scores`) label its
+    rows.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Example::
+
+        >>> y = [torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1])]
+        >>> fig = plot_segmentation(None, {"fused": y}, y, ["a", "b"], ["walk", "run"])
+        >>> [ax.get_ylabel() for ax in fig.axes]
+        ['a', 'b']
+
+    :param str path: where to write the PNG, or None.
+    :param predicted: per sequence, the decoded states; or model name -> such a list (one row per
+        model, e.g. ``{"fused": ..., "fused + EM": ...}``).
+    :param list labels: per sequence, the true behaviour of every frame.
+    :param list names: the sequences' names.
+    :param list behaviours: the behaviours' names (label ``k`` is ``behaviours[k]``).
+    :param float fps: frames per second of the time axis.
+    :returns: the :class:`matplotlib.figure.Figure` (displayed by Jupyter; nothing is shown
+        otherwise).
+    """
+    require_matplotlib("plot_segmentation")
+    import matplotlib
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    matching = match_labels(torch.cat(list(predicted)), torch.cat(list(labels)))
+    models = dict(predicted) if isinstance(predicted, Mapping) else {"fused": predicted}
+    true_all = torch.cat(list(labels))
     num_colours = len(behaviours)
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
-    palette = [c for c in palette if c != plt.get_cmap("tab10").colors[7]]  # tab10 grey
+    tab10, dark2 = matplotlib.colormaps["tab10"].colors, matplotlib.colormaps["Dark2"].colors
+    palette = [c for c in list(tab10) + list(dark2) if c != tab10[7]]  # tab10's grey means "unmatched"
     colours = palette[:num_colours] + [(0.75, 0.75, 0.75)]
     cmap = ListedColormap(colours)
-    fig, axes = plt.subplots(
-        len(labels), 1, figsize=(10, 1.1 * len(labels) + 1), squeeze=False
-    )
-    for ax, pred, true, name in zip(axes[:, 0], predicted, labels, names):
-        aligned = [matching.get(int(s), num_colours) for s in pred]
-        rows = np.stack([true.numpy(), np.asarray(aligned)])
-        ax.imshow(rows, aspect="auto", cmap=cmap, vmin=0, vmax=num_colours, interpolation="nearest")
-        ax.set_yticks([0, 1], ["true", "fused"])
-        ax.set_ylabel(name, rotation=0, ha="right", va="center")
-    axes[-1, 0].set_xlabel("frame (10 fps)")
+    rows, row_names, scores = [], ["true"] + list(models), []
+    for model, paths in models.items():
+        matching = match_labels(torch.cat(list(paths)), true_all)
+        rows.append([np.asarray([matching.get(int(s), num_colours) for s in p]) for p in paths])
+        score = segmentation_scores(paths, labels)
+        scores.append(f"{model}: 1-Hamming {score['one_minus_hamming']:.2f}, ARI {score['ari']:.2f}")
+    longest = max(len(y) for y in labels) / fps
+    fig = Figure(figsize=(10, (0.35 * len(row_names) + 0.45) * len(labels) + 1.2))
+    axes = fig.subplots(len(labels), 1, squeeze=False, sharex=True)[:, 0]
+    for j, (ax, true, name) in enumerate(zip(axes, labels, names)):
+        image = np.stack([true.numpy()] + [model_rows[j] for model_rows in rows])
+        ax.imshow(image, aspect="auto", cmap=cmap, vmin=0, vmax=num_colours, interpolation="nearest",
+                  extent=(0, len(true) / fps, len(row_names) - 0.5, -0.5))
+        ax.set_yticks(range(len(row_names)), row_names, fontsize=7)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", labelpad=8)
+        ax.set_xlim(0, longest)
+    axes[-1].set_xlabel(f"time (s, {fps:g} frames per second)")
     handles = [Patch(color=colours[k], label=b) for k, b in enumerate(behaviours)]
     handles.append(Patch(color=colours[-1], label="unmatched"))
     fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False)
-    fig.suptitle("mocap6: true behaviours vs fused HMM states (colours via the best matching)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.suptitle("mocap6: true behaviours and each model's states (colours via the best matching)\n"
+                 + "; ".join(scores), fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.98))
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 @rename_kwargs("run_demo", {"steps": "num_steps", "em_rounds": "num_rounds"})
@@ -233,12 +287,13 @@ def run_demo(
 
     Example::
 
-        metrics = run_demo(seed=0, out="outputs", num_steps=400)
-        print(metrics["fused"])
+        >>> metrics = run_demo(out=None, num_steps=5, sequences=[0, 3], num_rounds=1, progress=False)
+        >>> sorted(metrics["fused"])  # pooled scores of the one-shot fused HMM
+        ['ari', 'num_states', 'one_minus_hamming']
 
     :param int seed: seed of the initialisations, SVI and fusion.
     :param str out: folder for ``metrics.json`` and ``mocap_segmentation.png`` (created if
-        needed); ``None`` writes nothing.
+        needed; the plot needs matplotlib, checked before any work); ``None`` writes nothing.
     :param int num_steps: SVI steps per fit (default :data:`DEFAULT_STEPS`; formerly ``steps``).
     :param int num_states: states per local HMM (generous: each sequence shows 5-8 behaviours).
     :param int pooled_states: states of the pooled-data HMM.
@@ -253,6 +308,8 @@ def run_demo(
     :rtype: dict
     """
     num_steps = DEFAULT_STEPS if num_steps is None else num_steps
+    if out is not None:
+        require_matplotlib("run_demo")
     if num_steps < 1:
         raise ValueError(f"run_demo: num_steps must be >= 1, got {num_steps}")
     if num_rounds < 0:
@@ -297,7 +354,7 @@ def run_demo(
 
     kept = [(a >= 0).nonzero().squeeze(-1) for a in fused.assignments]
     kmeans_paths = kmeans_baseline(fits, local_paths, kept, min(NUM_BEHAVIOURS, sum(map(len, kept))), seed)
-    pooled_fit = fit_gaussian_hmm(clients, pooled_states, prior, num_steps, seed=seed)
+    pooled_fit = fit_gaussian_hmm(clients, pooled_states, prior, num_steps, seed=seed, progress=progress)
     pooled_paths = [pooled_fit.decode(x) for x in clients]
 
     metrics = {
@@ -322,15 +379,10 @@ def run_demo(
     }
     if out is not None:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "metrics.json"), "w") as stream:
+        with open(os.path.join(out, METRICS_FILE), "w") as stream:
             json.dump(metrics, stream, indent=2)
-        plot_segmentation(
-            os.path.join(out, "mocap_segmentation.png"),
-            fused_paths,
-            labels,
-            names,
-            data.behaviours,
-        )
+        models = {"fused (one-shot)": fused_paths, f"fused + {num_rounds} EM rounds": refined_paths}
+        plot_segmentation(os.path.join(out, FIGURE_FILE), models, labels, names, data.behaviours)
     return metrics
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
 
 __all__ = ["svi_steps"]
 
