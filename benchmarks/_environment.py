@@ -1,7 +1,17 @@
-"""What a benchmark's timings depend on, recorded next to them in its JSON."""
+"""What a benchmark's timings depend on, recorded next to them in its JSON; where its data are."""
 import os
+from pathlib import Path
 
 import torch
+
+#: the development checkout's folder of the data sets pyro_fusion does not ship
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def data_path(name: str, env: str) -> str:
+    """The folder of a data set the package does not ship: ``$env`` if set, else ``SHARED_DATA / name``
+    (the benchmarks pass it to the loaders explicitly; the package itself has no default)."""
+    return os.environ.get(env) or str(SHARED_DATA / name)
 
 
 def run_environment() -> dict:

@@ -53,6 +53,8 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
+from _environment import data_path
+
 from pyro_fusion import PosteriorPrior, Price, fuse_mlps
 from pyro_fusion.adapters.bnn import PRICE_RULES, naive_average
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_mnist, split_clients
@@ -66,6 +68,8 @@ from pyro_fusion.models.bnn import (
 )
 
 LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+#: data folders (None: the loader's default, the Debian package's folder for Fashion-MNIST)
+ROOTS = {"mnist": data_path("mnist", "PYRO_FUSION_MNIST"), "fashion-mnist": None}
 SPLIT_ALPHA = {"heterogeneous": 0.5, "homogeneous": None}
 
 #: (dataset, split, hidden layers, epochs, label prior) of the full benchmark, primary first
@@ -121,7 +125,7 @@ def run_setting(
     with a uniform one. Clients and the pooled model train for ``epochs``, or for more epochs
     where that is under ``min_steps`` SVI steps (so small clients' scales converge too)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    train, test = LOADERS[dataset](train=True), LOADERS[dataset](train=False)
+    train, test = LOADERS[dataset](ROOTS[dataset], train=True), LOADERS[dataset](ROOTS[dataset], train=False)
     x, y = train.images[:train_size], train.labels[:train_size]
     x_test, y_test = test.images[:test_size], test.labels[:test_size]
     parts = split_clients(y, num_clients, alpha=SPLIT_ALPHA[split], seed=seed)

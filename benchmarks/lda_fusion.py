@@ -39,7 +39,7 @@ import time
 import pyro
 import torch
 
-from _environment import run_environment
+from _environment import data_path, run_environment
 from pyro_fusion import fuse_lda
 from pyro_fusion.adapters.lda import average_topics_by_index, topic_components, union_vocabulary
 from pyro_fusion.datasets import Corpus
@@ -272,7 +272,7 @@ def main():
                     corpus = corpus.subset((corpus.labels < 4).nonzero().squeeze(-1))
                 train, test = split_by_label(corpus, generator)
             else:
-                corpus = load_ap()
+                corpus = load_ap(data_path("ap", "PYRO_FUSION_AP"))
                 if args.small:
                     corpus = corpus.subset(torch.arange(300))
                 train, test = split_random(corpus, 5, generator)

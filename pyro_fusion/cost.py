@@ -30,6 +30,7 @@ DIRECTIONS = ("reverse", "forward")
 
 
 def check_direction(direction: str) -> None:
+    """Raise a ValueError naming ``direction`` unless it is ``"reverse"`` or ``"forward"``."""
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
 

@@ -178,8 +178,8 @@ class FusedPosterior(SiteLayout):
 
         Example::
 
-            >>> fused.write_params(lda_guide, docs, num_topics=fused.num_global)
-            {'topics': {'concentration': 'topic_concentration'}}
+            >>> fused.posterior.write_params(handwritten_guide, torch.zeros(4, 2), K=fused.num_global)
+            {'loc': {'loc': 'loc_loc', 'scale': 'loc_scale'}}
         """
         return writeback.write_params(self, guide, *args, **kwargs)
 
@@ -204,9 +204,10 @@ class FusedPosterior(SiteLayout):
 
         Example::
 
-            >>> posts = [extract(g, components={"loc": 0}) for g in client_guides]
             >>> fused = FusedPosterior.from_posteriors(posts, direction="reverse")
-            >>> guide = fused.to_guide(model, K=fused.num_global)
+            >>> fused.num_global, [a.tolist() for a in fused.result.assignments]
+            (4, [[0, 1, 2, 3], [0, 1, 2]])
+            >>> guide = fused.to_guide(model, torch.zeros(4, 2), K=fused.num_global)
 
         :param list posteriors: one :class:`GuidePosterior` per client.
         :param weights: client weights; default each posterior's ``weight`` if all have one,

@@ -115,8 +115,13 @@ class PosteriorPrior(_PriorReplacement):
 
     Example::
 
-        >>> fused = fuse_mlps(posteriors)
-        >>> train_svi(PosteriorPrior(fused.posterior)(fused.model), fused.guide, x_new, y_new)
+        >>> posterior = {"loc": fused.posterior.site_distribution("loc")}  # site -> distribution
+        >>> prior_model = PosteriorPrior(posterior)(model)  # the model only, not the guide
+        >>> svi = SVI(prior_model, fused.guide, Adam({"lr": 0.01}), Trace_ELBO())
+        >>> loss = svi.step(new_data, 4)
+
+    A fused network's posterior (:func:`~pyro_fusion.fuse_mlps`) is such a dict:
+    ``train_svi(PosteriorPrior(fused.posterior)(fused.model), fused.guide, x_new, y_new)``.
 
     :param dict posterior: site name -> distribution of the site's shape (``batch_shape +
         event_shape``); trailing dimensions become event dimensions to match the site.
@@ -153,8 +158,8 @@ class FusedPrior(_PriorReplacement):
     Example::
 
         >>> prior_model = FusedPrior(fused)(model)  # the model only, not the guide
-        >>> svi = SVI(prior_model, fused.to_guide(model, data), Adam({"lr": 0.01}), Trace_ELBO())
-        >>> svi.step(new_data)   # the model now starts from what all clients learned
+        >>> svi = SVI(prior_model, fused.guide, Adam({"lr": 0.01}), Trace_ELBO())
+        >>> loss = svi.step(new_data, 4)  # the new data start from what all clients learned
 
     :param FusedPosterior fused: the fused posterior, or a
         :class:`~pyro_fusion.adapters.base.FusedModel` holding one (its ``posterior``).

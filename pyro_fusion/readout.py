@@ -247,7 +247,8 @@ def extract(
         >>> def model(K=3):
         ...     with pyro.plate("components", K):
         ...         pyro.sample("loc", dist.Normal(torch.zeros(2), 10.0).to_event(1))
-        >>> guide = AutoNormal(model); guide()  # (train it)
+        >>> guide = AutoNormal(model)
+        >>> _ = guide()  # (train it)
         >>> post = extract(guide, components={"loc": 0})
         >>> len(post.components), post.components.families
         (3, {'loc': DiagNormal(event_shape=[2])})

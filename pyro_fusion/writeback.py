@@ -49,7 +49,9 @@ def fused_guide(
 
     Example::
 
-        >>> guide = fused_guide(fused, model, data, fused.num_global)  # = fused.to_guide(model, ...)
+        >>> guide = fused_guide(fused.posterior, model, torch.zeros(4, 2), fused.num_global)
+        >>> guide.median(torch.zeros(4, 2), 4)["loc"].shape  # = fused.posterior.to_guide(model, ...)
+        torch.Size([4, 2])
 
     :param FusedPosterior fused: the fused posterior.
     :param model: the global model; ``args``/``kwargs`` must size it to
@@ -123,8 +125,8 @@ def write_params(fused: "FusedPosterior", guide: Callable, *args, **kwargs) -> D
 
     Example::
 
-        >>> write_params(fused, lda_guide, docs, num_topics=fused.num_global)
-        {'topics': {'concentration': 'topic_concentration'}}
+        >>> write_params(fused.posterior, handwritten_guide, torch.zeros(4, 2), K=fused.num_global)
+        {'loc': {'loc': 'loc_loc', 'scale': 'loc_scale'}}
 
     :param FusedPosterior fused: the fused posterior.
     :param guide: the hand-written guide, sized by ``args``/``kwargs`` to the global components.

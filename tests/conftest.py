@@ -1,6 +1,15 @@
+import os
+import pathlib
+
 import pyro
 import pytest
 import torch
+
+#: the development checkout's data sets that pyro_fusion does not ship; the tests pass them explicitly
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+for _env, _folder in (("PYRO_FUSION_MNIST", "mnist"), ("PYRO_FUSION_AP", "ap")):
+    if (SHARED_DATA / _folder).is_dir():
+        os.environ.setdefault(_env, str(SHARED_DATA / _folder))
 
 
 @pytest.fixture(autouse=True)

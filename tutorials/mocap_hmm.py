@@ -162,8 +162,7 @@ print("fused + federated EM:", segmentation_scores(refined_paths, labels))
 # %%
 os.makedirs(OUTPUT, exist_ok=True)
 models = {"fused (one-shot)": fused_paths, "fused + federated EM": refined_paths}
-fig = plot_segmentation(os.path.join(OUTPUT, "mocap_segmentation.png"), models, labels, names, data.behaviours)
-fig
+plot_segmentation(os.path.join(OUTPUT, "mocap_segmentation.png"), models, labels, names, data.behaviours);
 
 # %% [markdown]
 # The same pipeline, with the baselines (k-means on the local emission means, one HMM fitted

@@ -78,7 +78,10 @@ class Price:
 
     Example::
 
-        >>> fused = fuse_mlps(posteriors, price=Price("location", scale=2.0))  # merges more  # doctest: +SKIP
+        >>> fuse_posteriors(posts, price=Price("spread")).num_global  # a rule by name
+        4
+        >>> Price("location", scale=2.0)  # fuse_mlps's rule, doubled: merges more units
+        Price(rule='location', scale=2.0)
 
     :param str rule: the rule (None: the family's default).
     :param float scale: multiplies the rule's price (rules the adapter computes itself).

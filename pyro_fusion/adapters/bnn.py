@@ -39,7 +39,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor
-from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
+from tqdm.auto import tqdm
 
 from ..barycenter import barycenter
 from ..components import Components

@@ -55,8 +55,13 @@ Fuse the clients' Gaussian-mixture guides into one global mixture.
 
 Example::
 
-    >>> guides = [fit_gmm(data, 3, num_steps=50) for data in client_data]  # doctest: +SKIP
-    >>> fused = fuse_gmms([extract(g, **gmm_sites()) for g in guides], [len(d) for d in client_data])  # doctest: +SKIP
+    >>> from pyro_fusion.models.gmm import fit_gmm, gmm_sites
+    >>> centres = torch.tensor([[0.0, 0.0], [6.0, 6.0]])
+    >>> client_data = [centres[torch.arange(n) % 2] + torch.randn(n, 2) for n in (80, 120)]
+    >>> posts = [extract(fit_gmm(d, 2, num_steps=50, seed=j), **gmm_sites()) for j, d in enumerate(client_data)]
+    >>> fused = fuse_gmms(posts, [len(d) for d in client_data])
+    >>> fused.num_global
+    2
 
 A guide read right after its fit (``extract(guide, **gmm_sites())``) can stand for it: the
 clients' ``AutoNormal`` guides share parameter names in Pyro's param store, so only the

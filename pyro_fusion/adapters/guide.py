@@ -123,8 +123,10 @@ Fuse the clients' trained mean-field guides (or their :func:`~pyro_fusion.extrac
 
 Example::
 
-    >>> posts = [extract(g, components={"loc": 0}) for g in client_guides]
-    >>> fused = fuse_posteriors(posts, model=model, model_args=lambda k: (data, k))
+    >>> # posts: per client, extract(guide, data, K, components={"loc": 0}) of its trained guide
+    >>> fused = fuse_posteriors(posts, model=model, model_args=lambda k: (torch.zeros(k, 2), k))
+    >>> fused.num_global, fused.result.support.tolist()
+    (4, [2, 2, 2, 1])
     >>> guide = fused.guide  # a FusedAutoNormal sized to fused.num_global components
     >>> loc_posterior = fused.posterior.site_distribution("loc")
 

@@ -31,7 +31,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import Normal
-from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
+from tqdm.auto import tqdm
 
 from ..components import Components
 from ..deprecation import moved, rename_kwargs, warn
@@ -74,8 +74,12 @@ def hmm_components(fit: FittedHMM, states: Optional[torch.Tensor] = None) -> Com
 
     Example::
 
-        fit = fit_gaussian_hmm([x], num_states=6)
-        states = hmm_components(fit, fit.occupied(min_occupancy=5.0))
+        >>> from pyro_fusion.models.hmm import fit_gaussian_hmm
+        >>> x = torch.cat([torch.randn(40, 2), torch.randn(40, 2) + 5])
+        >>> fit = fit_gaussian_hmm([x], num_states=3, num_steps=30)
+        >>> states = hmm_components(fit, fit.occupied(min_occupancy=5.0))
+        >>> sorted(states.families)
+        ['loc', 'log_scale']
 
     :param FittedHMM fit: a trained client model.
     :param Tensor states: LongTensor of the states to keep (default: all).
@@ -226,8 +230,13 @@ Fuse per-client Gaussian HMMs into one global HMM (:class:`HMMAdapter`).
 
 Example::
 
-    fused = fuse_hmms([fit_a, fit_b], prior=prior)
-    path = decode(fused.params, x)
+    >>> from pyro_fusion.models.hmm import decode, fit_gaussian_hmm
+    >>> x = torch.cat([torch.randn(40, 2), torch.randn(40, 2) + 5])  # two behaviours
+    >>> fits = [fit_gaussian_hmm([x + 0.1 * j], num_states=3, num_steps=30, seed=j) for j in range(2)]
+    >>> fused = fuse_hmms(fits, prior=HMMPrior())
+    >>> path = decode(fused.params, x)  # one global state per frame
+    >>> path.shape
+    torch.Size([80])
 
 :param list local_models: the clients' :class:`~pyro_fusion.models.hmm.FittedHMM`.
 :param weights: client weights of the emission barycenters (default uniform; the
@@ -278,7 +287,10 @@ def hmm_statistics(params: HMMParams, sequences: Sequence[torch.Tensor]) -> HMMS
 
     Example::
 
-        stats = hmm_statistics(fused.params, [x])  # on the client; only sums leave it
+        >>> params = HMMParams(torch.tensor([0.5, 0.5]), torch.tensor([[0.9, 0.1], [0.1, 0.9]]),
+        ...                    torch.tensor([[0.0, 0.0], [5.0, 5.0]]), torch.ones(2, 2))  # e.g. fused.params
+        >>> client_data = [torch.cat([torch.randn(30, 2), torch.randn(30, 2) + 5]) for _ in range(2)]
+        >>> stats = hmm_statistics(params, client_data[0:1])  # on the client; only sums leave it
 
     :param HMMParams params: the current global HMM.
     :param list sequences: the client's ``[T_i, D]`` observations.
@@ -330,7 +342,12 @@ def em_update(
 
     Example::
 
-        params = em_update(params, [hmm_statistics(params, [x]) for x in client_data], prior)
+        >>> params = HMMParams(torch.tensor([0.5, 0.5]), torch.tensor([[0.9, 0.1], [0.1, 0.9]]),
+        ...                    torch.tensor([[0.0, 0.0], [5.0, 5.0]]), torch.ones(2, 2))  # e.g. fused.params
+        >>> client_data = [torch.cat([torch.randn(30, 2), torch.randn(30, 2) + 5]) for _ in range(2)]
+        >>> params = em_update(params, [hmm_statistics(params, [x]) for x in client_data], HMMPrior())
+        >>> params.loc.shape
+        torch.Size([2, 2])
 
     :param HMMParams params: the HMM the statistics were computed under.
     :param list statistics: one :class:`HMMStatistics` per client.
@@ -388,8 +405,12 @@ def refine_hmm(
 
     Example::
 
-        fused = fuse_hmms(fits, prior=prior)
-        params, log_likelihoods = refine_hmm(fused.params, [[x] for x in client_data], prior)
+        >>> params = HMMParams(torch.tensor([0.5, 0.5]), torch.tensor([[0.9, 0.1], [0.1, 0.9]]),
+        ...                    torch.tensor([[0.0, 0.0], [5.0, 5.0]]), torch.ones(2, 2))  # e.g. fused.params
+        >>> client_data = [torch.cat([torch.randn(30, 2), torch.randn(30, 2) + 5]) for _ in range(2)]
+        >>> params, log_likelihoods = refine_hmm(params, [[x] for x in client_data], HMMPrior(), num_rounds=3)
+        >>> len(log_likelihoods)
+        3
 
     :param HMMParams params: the starting HMM (e.g. ``fuse_hmms(...).params``).
     :param list client_sequences: per client, its list of ``[T_i, D]`` sequences.

@@ -45,7 +45,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
+from tqdm.auto import tqdm
 
 from ..adapters.hmm import fuse_hmms, refine_hmm
 from ..datasets import load_mocap6
@@ -212,9 +212,11 @@ def plot_segmentation(
     Example::
 
         >>> y = [torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1])]
+        >>> import matplotlib.pyplot as plt
         >>> fig = plot_segmentation(None, {"fused": y}, y, ["a", "b"], ["walk", "run"])
         >>> [ax.get_ylabel() for ax in fig.axes]
         ['a', 'b']
+        >>> plt.close(fig)
 
     :param str path: where to write the PNG, or None.
     :param predicted: per sequence, the decoded states; or model name -> such a list (one row per
@@ -223,13 +225,12 @@ def plot_segmentation(
     :param list names: the sequences' names.
     :param list behaviours: the behaviours' names (label ``k`` is ``behaviours[k]``).
     :param float fps: frames per second of the time axis.
-    :returns: the :class:`matplotlib.figure.Figure` (displayed by Jupyter; nothing is shown
-        otherwise).
+    :returns: the pyplot figure (Jupyter shows it; close it with ``plt.close(fig)`` when done).
     """
     require_matplotlib("plot_segmentation")
     import matplotlib
+    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     models = dict(predicted) if isinstance(predicted, Mapping) else {"fused": predicted}
@@ -246,7 +247,7 @@ def plot_segmentation(
         score = segmentation_scores(paths, labels)
         scores.append(f"{model}: 1-Hamming {score['one_minus_hamming']:.2f}, ARI {score['ari']:.2f}")
     longest = max(len(y) for y in labels) / fps
-    fig = Figure(figsize=(10, (0.35 * len(row_names) + 0.45) * len(labels) + 1.2))
+    fig = plt.figure(figsize=(10, (0.35 * len(row_names) + 0.45) * len(labels) + 1.2))
     axes = fig.subplots(len(labels), 1, squeeze=False, sharex=True)[:, 0]
     for j, (ax, true, name) in enumerate(zip(axes, labels, names)):
         image = np.stack([true.numpy()] + [model_rows[j] for model_rows in rows])
@@ -382,7 +383,9 @@ def run_demo(
         with open(os.path.join(out, METRICS_FILE), "w") as stream:
             json.dump(metrics, stream, indent=2)
         models = {"fused (one-shot)": fused_paths, f"fused + {num_rounds} EM rounds": refined_paths}
-        plot_segmentation(os.path.join(out, FIGURE_FILE), models, labels, names, data.behaviours)
+        import matplotlib.pyplot as plt
+
+        plt.close(plot_segmentation(os.path.join(out, FIGURE_FILE), models, labels, names, data.behaviours))
     return metrics
 
 

@@ -2,8 +2,7 @@
 The Associated Press corpus of Blei et al. (2003) in LDA-C format: 2,246 documents, 10,473 words.
 
 Not shipped (the text's licence is not stated; research use only): :func:`load_ap` reads ``ap.dat`` and
-``vocab.txt`` from a folder given as argument, by the environment variable ``PYRO_FUSION_AP``, or by default
-``../shared/data/ap`` next to the repository root.
+``vocab.txt`` from a folder given as argument or by the environment variable ``PYRO_FUSION_AP``.
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ import torch
 from .corpus import Corpus
 
 AP_ENV = "PYRO_FUSION_AP"
-_DEFAULT_AP = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "ap")
-)
 
 
 def load_ap(path: Optional[str] = None) -> Corpus:
@@ -27,16 +23,20 @@ def load_ap(path: Optional[str] = None) -> Corpus:
 
     Example::
 
-        >>> ap = load_ap()  # doctest: +SKIP
-        >>> ap.counts.shape  # doctest: +SKIP
+        >>> ap = load_ap(ap_root)  # or load_ap() with $PYRO_FUSION_AP set
+        >>> ap.counts.shape
         torch.Size([2246, 10473])
 
-    :param str path: folder holding ``ap.dat`` and ``vocab.txt``; default ``$PYRO_FUSION_AP`` or
-        ``../shared/data/ap`` relative to the repository root.
+    :param str path: folder holding ``ap.dat`` and ``vocab.txt``; default ``$PYRO_FUSION_AP``.
     :raises FileNotFoundError: if the files are not there (the corpus is not shipped with the package).
     :raises ValueError: if ``ap.dat`` is malformed or refers to words outside ``vocab.txt``.
     """
-    path = path or os.environ.get(AP_ENV) or _DEFAULT_AP
+    path = path or os.environ.get(AP_ENV)
+    if not path:
+        raise FileNotFoundError(
+            f"no AP folder given: the AP corpus is not shipped with pyro_fusion; pass the folder holding ap.dat "
+            f"and vocab.txt (LDA-C format, e.g. from blei-lab/lda-c's example/ap.tgz) as load_ap(path) or set ${AP_ENV}"
+        )
     data_file, vocab_file = os.path.join(path, "ap.dat"), os.path.join(path, "vocab.txt")
     for f in (data_file, vocab_file):
         if not os.path.isfile(f):

@@ -2,10 +2,10 @@
 MNIST and Fashion-MNIST read from local files (IDX, optionally gzipped, or ``.npz``), and
 splits of a labelled data set over federated clients.
 
-Nothing is downloaded. MNIST is read from a directory holding ``mnist_train_first10k.npz``
-(the first 10 000 training images) and the official test set ``t10k-images-idx3-ubyte.gz``,
-``t10k-labels-idx1-ubyte.gz``; the directory is the ``root`` argument, else the environment
-variable ``PYRO_FUSION_MNIST``, else ``../shared/data/mnist`` next to the repository.
+Nothing is downloaded, and MNIST is not shipped: it is read from a directory holding
+``mnist_train_first10k.npz`` (the first 10 000 training images) and the official test set
+``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``; the directory is the ``root``
+argument, else the environment variable ``PYRO_FUSION_MNIST``.
 Fashion-MNIST (60 000 / 10 000 images) is read from ``/usr/share/datasets/fashion-mnist``, where
 the Debian package ``dataset-fashion-mnist`` installs it, or from ``PYRO_FUSION_FASHION_MNIST``.
 """
@@ -31,8 +31,8 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-#: the MNIST directory used when neither ``root`` nor ``PYRO_FUSION_MNIST`` is given
-DEFAULT_MNIST_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+#: the environment variable naming the MNIST directory when ``root`` is not given
+MNIST_ENV = "PYRO_FUSION_MNIST"
 #: where ``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -90,8 +90,11 @@ def _image_data(images: np.ndarray, labels: np.ndarray, where: Path) -> ImageDat
     )
 
 
-def _resolve_root(root: Optional[PathLike], env: str, default: Path, hint: str) -> Path:
-    path = Path(root if root is not None else os.environ.get(env, default))
+def _resolve_root(root: Optional[PathLike], env: str, default: Optional[Path], hint: str) -> Path:
+    root = root if root is not None else os.environ.get(env, default)
+    if root is None:
+        raise FileNotFoundError(f"no data directory given: {hint}")
+    path = Path(root)
     if not path.is_dir():
         raise FileNotFoundError(f"data directory not found: {path} ({hint})")
     return path
@@ -109,22 +112,22 @@ def load_mnist(root: Optional[PathLike] = None, train: bool = True) -> ImageData
 
     Example::
 
-        >>> train = load_mnist(train=True)  # doctest: +SKIP
-        >>> tuple(train.images.shape), int(train.labels.max())  # doctest: +SKIP
+        >>> train = load_mnist(mnist_root, train=True)  # or load_mnist() with $PYRO_FUSION_MNIST set
+        >>> tuple(train.images.shape), int(train.labels.max())
         ((10000, 784), 9)
 
     :param root: directory with ``mnist_train_first10k.npz`` and ``t10k-*-ubyte.gz``; default
-        ``$PYRO_FUSION_MNIST``, else ``../shared/data/mnist`` next to the repository.
+        ``$PYRO_FUSION_MNIST``.
     :param bool train: the training subset if True, else the test set.
     :rtype: ImageData
     :raises FileNotFoundError: naming the missing directory or file.
     """
     path = _resolve_root(
         root,
-        "PYRO_FUSION_MNIST",
-        DEFAULT_MNIST_ROOT,
-        "pass root= or set PYRO_FUSION_MNIST to a directory with mnist_train_first10k.npz "
-        "and t10k-images-idx3-ubyte.gz",
+        MNIST_ENV,
+        None,
+        f"MNIST is not shipped with pyro_fusion: pass load_mnist(root) or set ${MNIST_ENV} to a directory "
+        "with mnist_train_first10k.npz and t10k-images-idx3-ubyte.gz",
     )
     if not train:
         return _load_idx_pair(path, "t10k")
@@ -141,8 +144,8 @@ def load_fashion_mnist(root: Optional[PathLike] = None, train: bool = True) -> I
 
     Example::
 
-        >>> test = load_fashion_mnist(train=False)  # doctest: +SKIP
-        >>> tuple(test.images.shape)  # doctest: +SKIP
+        >>> test = load_fashion_mnist(fashion_mnist_root, train=False)  # default: the Debian package's folder
+        >>> tuple(test.images.shape)
         (10000, 784)
 
     :param root: directory with ``train-*-ubyte.gz`` and ``t10k-*-ubyte.gz``; default

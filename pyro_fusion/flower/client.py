@@ -44,7 +44,9 @@ def receive_global(message: Message, max_width: Optional[int] = None) -> GlobalR
 
     Example::
 
-        >>> @app.train()
+        >>> from flwr.clientapp import ClientApp
+        >>> app = ClientApp()
+        >>> @app.train()  # the whole app: examples/flower_app.py
         ... def train(msg, context):
         ...     start = receive_global(msg)
         ...     width = own_width if start.fused is None else start.fused.num_global

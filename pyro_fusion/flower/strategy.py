@@ -78,12 +78,14 @@ class KLFusion(FedAvg):
 
     Example::
 
-        >>> strategy = KLFusion(
-        ...     components={"hidden.0.weight": 0, "hidden.0.bias": 0, "output.weight": 1},
-        ...     max_width=256, max_num_examples=60000, prior_scale=1.0,
-        ... )
-        >>> result = strategy.start(grid, ArrayRecord(), num_rounds=3)  # in a ServerApp
-        >>> strategy.history[3].width, strategy.history[3].assignments   # doctest: +SKIP
+        >>> strategy = KLFusion(max_width=256, max_num_examples=60000, prior_scale=1.0)
+        >>> strategy.global_posterior is None  # until the first round is fused
+        True
+
+    In a ``ServerApp`` (the whole app: ``examples/flower_app.py``), ``strategy.start(grid,
+    ArrayRecord(), num_rounds=3)`` runs the rounds; then ``strategy.history[3].width`` and
+    ``strategy.history[3].assignments`` describe the last fusion. The clients say which sites
+    hold their components (``components=`` of :func:`~pyro_fusion.flower.reply`).
 
     :param int max_width: the most components a reply may have.
     :param int max_num_examples: the largest ``num-examples`` a reply may claim.

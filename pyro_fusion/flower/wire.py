@@ -53,7 +53,7 @@ def encode(post) -> Tuple[ArrayRecord, str]:
 
     Example::
 
-        >>> arrays, header = encode(extract(guide, components={"loc": 0}))
+        >>> arrays, header = encode(extract(guide, data, 3, components={"loc": 0}))
         >>> sorted(arrays)
         ['components/loc']
     """

@@ -66,7 +66,10 @@ def gmm_sites(prior: GMMPrior | None = None) -> dict:
 
     Example::
 
-        >>> post = extract(guide, **gmm_sites(), weight=len(data))
+        >>> data = torch.randn(100, 2)
+        >>> post = extract(fit_gmm(data, 2, num_steps=20), **gmm_sites(), weight=len(data))
+        >>> post.num_components
+        2
 
     :param GMMPrior prior: the model's hyperparameters (default :class:`GMMPrior()`).
     """
@@ -89,6 +92,7 @@ def gmm_model(data: Tensor, num_components: int, prior: GMMPrior = GMMPrior()) -
     Example::
 
         >>> data = torch.randn(50, 2)
+        >>> pyro.clear_param_store()  # a new AutoNormal: no parameters of an earlier one
         >>> guide = AutoNormal(gmm_model)
         >>> loss = Trace_ELBO().loss(gmm_model, guide, data, 3)
 
@@ -129,7 +133,9 @@ def prior_component(prior: GMMPrior, dim: int, num_samples: int = 10000, seed: i
 
     Example::
 
-        >>> fused = fuse_posteriors(posts, prior=prior_component(GMMPrior(), 2))
+        >>> prior = prior_component(GMMPrior(), 2)  # e.g. fuse_posteriors(posts, prior=prior)
+        >>> len(prior), sorted(prior.families)
+        (1, ['corr', 'locs', 'scales'])
 
     :param GMMPrior prior: hyperparameters of :func:`gmm_model`.
     :param int dim: data dimension ``D``.

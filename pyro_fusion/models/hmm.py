@@ -80,9 +80,12 @@ def gaussian_hmm_model(
 
     Example::
 
-        x = torch.randn(50, 3)
-        guide = AutoNormal(gaussian_hmm_model)
-        loss = Trace_ELBO().loss(gaussian_hmm_model, guide, [x], 4)
+        >>> from pyro.infer import Trace_ELBO
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> x = torch.randn(50, 3)
+        >>> pyro.clear_param_store()  # a new AutoNormal: no parameters of an earlier one
+        >>> guide = AutoNormal(gaussian_hmm_model)
+        >>> loss = Trace_ELBO().loss(gaussian_hmm_model, guide, [x], 4)
 
     :param sequences: observations, each a ``[T_i, D]`` tensor.
     :param int num_states: number of hidden states ``K``.
@@ -308,8 +311,10 @@ def fit_gaussian_hmm(
 
     Example::
 
-        fit = fit_gaussian_hmm([torch.randn(100, 3)], num_states=4, num_steps=100)
-        path = fit.decode(torch.randn(20, 3))
+        >>> fit = fit_gaussian_hmm([torch.randn(100, 3)], num_states=4, num_steps=100)
+        >>> path = fit.decode(torch.randn(20, 3))
+        >>> path.shape
+        torch.Size([20])
 
     :param sequences: observations, each a ``[T_i, D]`` tensor (all share one model).
     :param int num_states: number of hidden states ``K``.

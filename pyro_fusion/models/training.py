@@ -10,7 +10,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
-from tqdm import tqdm  # not tqdm.auto: importing it in Jupyter without ipywidgets warns
+from tqdm.auto import tqdm
 
 __all__ = ["svi_steps"]
 
@@ -38,7 +38,9 @@ def svi_steps(
 
         >>> import itertools
         >>> losses = svi_steps(model, guide, Adam({"lr": 0.01}), Trace_ELBO(),
-        ...                    itertools.repeat((data,), 100), progress=True)
+        ...                    itertools.repeat((data, 3), 100), progress=True)
+        >>> len(losses)
+        100
 
     :param model: the model.
     :param guide: its guide.

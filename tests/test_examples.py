@@ -1,0 +1,117 @@
+"""Examples are tests: every docstring example of the package and every Python block of the README
+and of the user guide runs here."""
+import doctest
+import importlib
+import os
+import pathlib
+import runpy
+import pkgutil
+import re
+import warnings
+
+import pyro
+import pytest
+import torch
+
+import pyro_fusion
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+#: shim modules that only warn and re-export (CHANGELOG.md); their names are documented at their new homes
+DEPRECATED_MODULES = {"pyro_fusion.extract", "pyro_fusion.fused", "pyro_fusion.demo", "pyro_fusion.__main__"}
+#: modules whose examples need an optional dependency
+OPTIONAL = {"pyro_fusion.flower": "flwr"}
+#: data the examples of the loaders read (tests/conftest.py points the variables at ../shared/data)
+DATA_GLOBALS = {
+    "mnist_root": pathlib.Path(os.environ.get("PYRO_FUSION_MNIST", "/nonexistent")),
+    "ap_root": pathlib.Path(os.environ.get("PYRO_FUSION_AP", "/nonexistent")),
+    "fashion_mnist_root": pathlib.Path(os.environ.get("PYRO_FUSION_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")),
+}
+#: the names the examples share (shown on the API reference's first page), built where used
+WORLD = REPO / "tests" / "example_world.py"
+WORLD_NAMES = ("model", "handwritten_guide", "posts", "data", "new_data", "guide", "fused")
+
+
+def package_modules():
+    names = [pyro_fusion.__name__]
+    for info in pkgutil.walk_packages(pyro_fusion.__path__, prefix="pyro_fusion."):
+        if info.name not in DEPRECATED_MODULES:
+            names.append(info.name)
+    return sorted(names)
+
+
+MODULES = package_modules()
+
+
+def _import(name):
+    for prefix, requirement in OPTIONAL.items():
+        if name.startswith(prefix):
+            pytest.importorskip(requirement, reason=f"{name} needs {requirement}")
+    return importlib.import_module(name)
+
+
+def _example_blocks(text):
+    """The indented blocks that follow ``Example::`` in a docstring."""
+    for match in re.finditer(r"^( *)Example::\n\n((?:\1 +\S.*\n|\n)+)", text, re.M):
+        yield match.group(2)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name, one_thread):
+    module = _import(name)
+    tests = doctest.DocTestFinder(exclude_empty=True).find(module, name, globs=dict(vars(module)))
+    tests = [t for t in tests if t.examples and t.name.startswith(name)]
+    needs = {key for t in tests for key in DATA_GLOBALS if re.search(rf"\b{key}\b", t.docstring or "")}
+    for key in needs:
+        if not DATA_GLOBALS[key].is_dir():
+            pytest.skip(f"{name}'s examples read {DATA_GLOBALS[key]}, which is not there")
+    world = {"torch": torch, "pyro": pyro, "dist": pyro.distributions}
+    if any(re.search(rf"\b({'|'.join(WORLD_NAMES)})\b", t.docstring or "") for t in tests):
+        world.update({k: v for k, v in runpy.run_path(str(WORLD)).items() if not k.startswith("__")})
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    for test in tests:
+        test.globs = {**world, **{key: str(path) for key, path in DATA_GLOBALS.items()}, **test.globs}
+        with warnings.catch_warnings():  # the examples may not change the process's warning filters
+            runner.run(test)
+    summary = runner.summarize(verbose=False)
+    assert summary.failed == 0, f"{summary.failed} of {summary.attempted} examples of {name} failed (see above)"
+
+
+def test_every_example_block_is_a_doctest():
+    """An ``Example::`` block written as plain code would never run: every one has ``>>>`` prompts,
+    and none is skipped."""
+    plain, skipped = [], []
+    for path in sorted((REPO / "pyro_fusion").rglob("*.py")):
+        text = path.read_text()
+        plain += [f"{path.relative_to(REPO)}: {b.strip().splitlines()[0]}" for b in _example_blocks(text)
+                  if ">>>" not in b]
+        skipped += [f"{path.relative_to(REPO)}: {line.strip()}" for line in text.splitlines() if "doctest: +SKIP" in line]
+    assert not plain, "Example:: blocks without >>> prompts:\n" + "\n".join(plain)
+    assert not skipped, "skipped examples:\n" + "\n".join(skipped)
+
+
+# ----- README and user guide -----------------------------------------------------------------------
+
+MARKDOWN = [REPO / "README.md", *sorted((REPO / "docs" / "guide").glob("*.md"))]
+
+
+def python_blocks(path):
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M)
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+def test_markdown_python_blocks_run(path, tmp_path, monkeypatch):
+    """Each page's Python blocks run in order in one namespace, like a reader pasting them."""
+    blocks = python_blocks(path)
+    if not blocks:
+        pytest.skip(f"{path.name} has no Python block")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": f"markdown_{path.stem}"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{path.name}, Python block {i + 1}", "exec"), namespace)
+
+
+def test_readme_flower_block_is_the_example_app():
+    """The README shows the whole Flower app file, as it is in the repository."""
+    app = (REPO / "examples" / "flower_app.py").read_text()
+    assert app in python_blocks(REPO / "README.md")
+
