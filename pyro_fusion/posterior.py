@@ -221,15 +221,24 @@ class FusedPosterior(SiteLayout):
         posteriors = list(posteriors)
         if not posteriors:
             raise ValueError("fusing posteriors needs at least one client")
+        for name, axes in component_indexed_sites(posteriors).items():
+            sizes = [tuple(_value_shape(p, name)[a] for a in axes) for p in posteriors]
+            raise ValueError(
+                f"site {name!r} has one entry per component along dimension(s) {list(axes)} (clients' sizes "
+                f"{sizes}, their numbers of components {[p.num_components for p in posteriors]}): a simplex "
+                f"indexed by component is rebuilt after matching, not averaged; read it with "
+                f"extract(..., simplex={{{name!r}: {list(axes)}}}) (or fuse the trained guides themselves: "
+                f"fuse_posteriors does this), or leave it out with exclude=[{name!r}]"
+            )
         ref = posteriors[0]
         for j, p in enumerate(posteriors):
-            for attr in ("component_dims", "sources", "site_families", "supports"):
-                if getattr(p, attr) != getattr(ref, attr):
-                    raise ValueError(
-                        f"client {j}: {attr} {getattr(p, attr)} differ from client 0's {getattr(ref, attr)}"
-                    )
             if set(p.simplex) != set(ref.simplex):
                 raise ValueError(f"client {j}: simplex sites {sorted(p.simplex)} differ from client 0's")
+            for attr in ("component_dims", "sources", "site_families", "supports"):
+                # simplex sites are rebuilt in the global index space: their sizes follow the client's
+                mine, theirs = ({k: v for k, v in getattr(q, attr).items() if k not in ref.simplex} for q in (p, ref))
+                if mine != theirs:
+                    raise ValueError(f"client {j}: {attr} {mine} differ from client 0's {theirs}")
             for name, shape in p.site_shapes.items():
                 if name in ref.component_dims or name in ref.simplex:
                     continue
@@ -282,6 +291,49 @@ class FusedPosterior(SiteLayout):
             result=result,
             shared=shared,
         )
+
+
+def component_indexed_sites(posteriors: Sequence[GuidePosterior]) -> Dict[str, Tuple[int, ...]]:
+    """
+    Shared sites (neither component nor simplex sites) that are indexed by component: their shapes
+    differ across clients, and along these dimensions each client's size is its number of components
+    (mixture weights read without ``simplex=``). Such a site cannot be averaged; it is rebuilt after
+    matching when read with ``simplex={name: dims}``.
+
+    Example::
+
+        >>> from pyro_fusion import extract
+        >>> def guide(K):
+        ...     with pyro.plate("components", K):
+        ...         pyro.sample("loc", dist.Normal(torch.zeros(K), 1.0))
+        ...     pyro.sample("weights", dist.Dirichlet(torch.ones(K)))
+        >>> posts = [extract(guide, K, components={"loc": 0}) for K in (2, 3)]
+        >>> component_indexed_sites(posts)
+        {'weights': (0,)}
+
+    :param list posteriors: the clients' posteriors.
+    :returns: site -> the dimensions indexed by component.
+    """
+    found = {}
+    sizes = [p.num_components for p in posteriors]
+    if not all(p.components is not None for p in posteriors) or len(set(sizes)) < 2:
+        return found  # equal numbers of components: shapes cannot tell a component axis apart
+    for name in posteriors[0].site_shapes:
+        if name in posteriors[0].component_dims or name in posteriors[0].simplex:
+            continue
+        shapes = [_value_shape(p, name) for p in posteriors]  # batch + event dimensions
+        if any(s is None or len(s) != len(shapes[0]) for s in shapes) or len(set(shapes)) < 2:
+            continue
+        axes = tuple(a for a in range(len(shapes[0])) if all(s[a] == k for s, k in zip(shapes, sizes)))
+        if axes:
+            found[name] = axes
+    return found
+
+
+def _value_shape(post: GuidePosterior, name: str) -> Optional[Tuple[int, ...]]:
+    if name not in post.site_shapes or name not in post.site_families:
+        return None
+    return tuple(post.site_shapes[name]) + tuple(post.site_families[name].event_shape)
 
 
 Posterior = Union[GuidePosterior, FusedPosterior]

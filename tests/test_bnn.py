@@ -607,11 +607,3 @@ def test_benchmark_small_runs():
         assert setting["rows"]["fused"]["accuracy"] > 0.3
 
 
-@pytest.mark.parametrize("module, examples", [("adapters.bnn", 9), ("models.bnn", 7)])
-def test_docstring_examples(module, examples):
-    import doctest
-    import importlib
-
-    mod = importlib.import_module(f"pyro_fusion.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= examples and result.failed == 0

@@ -1,4 +1,3 @@
-import doctest
 import importlib.resources
 import pathlib
 
@@ -6,16 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import pyro_fusion.datasets.mocap6
 from pyro_fusion.datasets import Mocap6, load_mocap6
 
 SHARED_MOCAP6 = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mocap6"
 needs_shared = pytest.mark.skipif(not SHARED_MOCAP6.is_dir(), reason=f"source data {SHARED_MOCAP6} not available")
-
-
-def test_docstring_examples():
-    failures, tried = doctest.testmod(pyro_fusion.datasets.mocap6, raise_on_error=False)
-    assert tried > 0 and failures == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

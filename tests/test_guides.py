@@ -370,3 +370,51 @@ def test_cli_version(capsys):
         cli_main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"pyro-fusion {pyro_fusion.__version__}"
+
+
+# ----- hand-written guides: simplex sites whose size follows the number of components ---------------
+
+
+def weighted_guide(prefix, locs, weights):
+    """A hand-written guide of one party: Normal component locations and Dirichlet mixture weights,
+    under parameter names of its own (the parties share one param store here)."""
+    K = len(locs)
+
+    def guide():
+        loc = pyro.param(f"{prefix}_loc", locs.clone())
+        concentration = pyro.param(f"{prefix}_conc", weights.clone(), constraint=constraints.positive)
+        with pyro.plate("components", K):
+            pyro.sample("locs", dist.Normal(loc, 0.1))
+        pyro.sample("weights", dist.Dirichlet(concentration))
+
+    guide()  # creates its parameters (stands for training)
+    return guide
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixture_weights_fuse_across_parties_of_different_sizes(dtype):
+    guides = [
+        weighted_guide("a", torch.tensor([0.0, 10.0], dtype=dtype), torch.tensor([30.0, 10.0], dtype=dtype)),
+        weighted_guide("b", torch.tensor([10.1, 20.0, 0.1], dtype=dtype), torch.tensor([10.0, 10.0, 20.0], dtype=dtype)),
+    ]
+    fused = fuse_posteriors(guides, components={"locs": 0}, price=5.0)
+    assert fused.num_global == 3
+    axes, weights = fused.posterior.simplex["weights"]
+    assert axes == (0,) and weights.shape == (3,) and weights.dtype == dtype
+    # rebuilt from the matched components: the weight of global g sums its parties' mean weights
+    expected = torch.zeros(3, dtype=torch.float64)
+    for guide_weights, assignment in zip(([30.0, 10.0], [10.0, 10.0, 20.0]), fused.assignments):
+        mean = torch.tensor(guide_weights, dtype=torch.float64) / sum(guide_weights)
+        expected.index_add_(0, assignment, mean)
+    torch.testing.assert_close(weights.double(), expected / expected.sum(), rtol=1e-3, atol=1e-4)
+
+
+def test_mixture_weights_of_read_posteriors_say_what_to_pass():
+    posts = [extract(weighted_guide(p, torch.arange(float(K)), torch.ones(K)), components={"locs": 0})
+             for p, K in (("a", 2), ("b", 3))]
+    with pytest.raises(ValueError, match=r"site 'weights' .* extract\(\.\.\., simplex=\{'weights': \[0\]\}\)"):
+        fuse_posteriors(posts)
+    posts = [extract(weighted_guide(p, torch.arange(float(K)), torch.ones(K)), components={"locs": 0},
+                     simplex={"weights": [0]}) for p, K in (("a", 2), ("b", 3))]
+    fused = fuse_posteriors(posts, price=5.0)
+    assert fused.posterior.simplex["weights"][1].shape == (fused.num_global,)

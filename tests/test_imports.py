@@ -155,15 +155,3 @@ def test_deprecated_module_warns_and_reexports(name):
             assert getattr(module, attr) is not None
 
 
-@pytest.mark.parametrize("name", [
-    "pyro_fusion.adapters.base", "pyro_fusion.adapters.lda", "pyro_fusion.apps.environment",
-    "pyro_fusion.deprecation", "pyro_fusion.models.clustering",
-])
-def test_docstring_examples_of_the_new_modules(name):
-    import doctest
-    import importlib
-    import warnings
-
-    with warnings.catch_warnings():  # the examples may not change the process's warning filters
-        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 1 and result.failed == 0

@@ -164,6 +164,19 @@ def test_autonormal_clients_in_one_store_keep_their_own_parameters():
     assert "first.guide.0.locs.topic_words" in pyro.get_param_store()
 
 
+@pytest.mark.parametrize("autonormal", [False, True])
+def test_models_with_default_names_train_side_by_side(autonormal):
+    """Two LDA(K, vocab) of different sizes without names: each gets its own parameter names, so the
+    second fit neither fails on the first one's shapes nor overwrites them."""
+    corpus, _ = synthetic_corpus(num_docs=20, vocab_size=12)
+    first, second = LDA(2, corpus.vocab), LDA(3, corpus.vocab)
+    assert first.name != second.name
+    for lda, seed in ((first, 0), (second, 1)):
+        lda.fit(corpus, guide=lda.autonormal_guide() if autonormal else None, num_steps=3, seed=seed)
+    assert first.topic_word_matrix().shape == (2, 12) and second.topic_word_matrix().shape == (3, 12)
+    assert LDA(2, corpus.vocab, name="client").name == "client"
+
+
 def test_switching_guides():
     """An AutoNormal guide, then the Dirichlet guide (by fit and by load_topic_posterior), then
     a warm start of an AutoNormal guide from a fused-like Normal posterior."""

@@ -1,4 +1,3 @@
-import doctest
 import itertools
 
 import numpy as np
@@ -8,8 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import pyro_fusion.metrics.labels
-import pyro_fusion.metrics.points
 from pyro_fusion.metrics import (
     adjusted_rand_index,
     best_matching_accuracy,
@@ -42,12 +39,6 @@ def labelling_pairs(draw):
     pred = draw(labellings)
     true = draw(st.lists(st.integers(0, 4), min_size=len(pred), max_size=len(pred)))
     return np.array(pred), np.array(true)
-
-
-@pytest.mark.parametrize("module", [pyro_fusion.metrics.points, pyro_fusion.metrics.labels])
-def test_docstring_examples(module):
-    failures, tried = doctest.testmod(module, raise_on_error=False)
-    assert tried > 0 and failures == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,16 +21,22 @@
 # from it (and may use it as their prior) in the next round.
 #
 # This file is both the tutorial and a Flower app: `server_app` and `client_app` below run
-# unchanged in the simulation engine (`python tutorials/federated_flower.py`) and in a
-# deployment (see the README section "Federated deployments with Flower").
+# unchanged in Flower's simulation runtime (`python tutorials/federated_flower.py` submits it with
+# `flwr run` to a local SuperLink) and in a deployment (see the README section "Federated
+# deployments with Flower").
 #
-# Set `PYRO_FUSION_SMALL=1` for a quick run; `MNIST` is read from
-# `$PYRO_FUSION_MNIST` (default `../shared/data/mnist`).
+# Set `PYRO_FUSION_SMALL=1` for a quick run; MNIST is not shipped: it is read from the folder
+# `$PYRO_FUSION_MNIST`.
 
 # %%
 import functools
 import json
 import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,10 +72,10 @@ from pyro_fusion.models.bnn import (
 #: a hidden unit = its incoming weight row, its bias and its outgoing weight column
 UNITS = {"hidden.0.weight": 0, "hidden.0.bias": 0, "output.weight": 1}
 SMALL = small_run()
-#: every setting can be overridden by the run config (deployment) or the JSON in
-#: $PYRO_FUSION_FLOWER_SETTINGS (simulation)
+#: every setting can be overridden by the run config (the app's pyproject.toml, `flwr run --run-config`)
 DEFAULTS = {
     "mode": "fusion",          # "fusion" (KLFusion) or "fedavg" (Flower's FedAvg, equal widths)
+    "num-clients": 10,         # the server waits for this many SuperNodes and trains all of them
     "num-rounds": 3,
     "epochs": 2 if SMALL else 5,
     "widths": "8,12,16" if SMALL else "30,40,50,60,70",  # cycled over clients
@@ -85,16 +91,13 @@ DEFAULTS = {
 
 
 def settings(context: Context) -> dict:
-    """DEFAULTS, then $PYRO_FUSION_FLOWER_SETTINGS, then the run config."""
-    out = dict(DEFAULTS)
-    out.update(json.loads(os.environ.get("PYRO_FUSION_FLOWER_SETTINGS", "{}")))
-    out.update({k: v for k, v in context.run_config.items() if k in DEFAULTS})
-    return out
+    """DEFAULTS, then the run config."""
+    return {**DEFAULTS, **{k: v for k, v in context.run_config.items() if k in DEFAULTS}}
 
 
 @functools.lru_cache(maxsize=4)
 def client_data(train_size: int, num_clients: int, alpha: float, partition: int):
-    data = load_mnist(train=True)
+    data = load_mnist(train=True)  # from $PYRO_FUSION_MNIST
     x, y = data.images[:train_size], data.labels[:train_size]
     part = split_clients(y, num_clients, alpha=alpha, seed=0)[partition]
     return x[part], y[part]
@@ -194,7 +197,8 @@ def main(grid: Grid, context: Context) -> None:
                        "seconds": time.time() - started})
         return MetricRecord({"accuracy": ev.accuracy, "nll": ev.nll, "width": width})
 
-    num_nodes = len(list(grid.get_node_ids())) or 2
+    # wait until every SuperNode has connected, then train all of them in every round
+    num_nodes = int(cfg["num-clients"])
     sampling = dict(fraction_evaluate=0.0, min_train_nodes=num_nodes, min_available_nodes=num_nodes)
     if cfg["mode"] == "fedavg":
         strategy = FedAvg(**sampling)
@@ -223,17 +227,21 @@ def main(grid: Grid, context: Context) -> None:
     result = strategy.start(grid, initial, num_rounds=cfg["num-rounds"], evaluate_fn=evaluate_fn)
     for row in rounds:
         train_metrics = result.train_metrics_clientapp.get(row["round"], {})
-        row.update({k: train_metrics[k] for k in ("num-rejected", "train-loss") if k in train_metrics})
+        row.update({k: train_metrics[k] for k in ("num-accepted", "num-rejected", "train-loss") if k in train_metrics})
     if cfg["output"]:
         with open(cfg["output"], "w") as f:
             json.dump({"mode": cfg["mode"], "rounds": rounds}, f)
 
 
 # %% [markdown]
-# ## Running it in the simulation engine
+# ## Running it in the simulation runtime
 #
-# Every Flower run here has telemetry, update checks and runtime dependency installation
-# switched off and a private `FLWR_HOME`.
+# `simulate` packages this file as a Flower app (a folder with a `pyproject.toml`), starts a local
+# SuperLink in simulation mode on free loopback ports, submits the app with `flwr run ... --stream`
+# (the number of virtual SuperNodes goes in `--federation-config`, the settings in the app's run
+# config) and stops the SuperLink when the run is over. Telemetry, update checks and runtime
+# dependency installation are switched off, `FLWR_HOME` is private, and Flower's and Ray's logs go
+# to a file that is printed only if the run fails.
 
 # %%
 FLOWER_ENV = {
@@ -242,50 +250,111 @@ FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+#: this file (in a notebook: the copy in the working directory)
+APP_FILE = pathlib.Path(globals().get("__file__", "federated_flower.py")).resolve()
+APP_TOML = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "pyro-fusion-flower"
+version = "1.0.0"
+license = "Apache-2.0"
+dependencies = ["flwr>=1.42"]
+
+[tool.flwr.app]
+publisher = "pyro-fusion"
+
+[tool.flwr.app.components]
+serverapp = "federated_flower:server_app"
+clientapp = "federated_flower:client_app"
+
+[tool.flwr.app.config]
+"""
 
 
 def simulate(num_clients: int = 10, **overrides) -> dict:
-    """Run the app in Flower's simulation engine; returns the ServerApp's JSON."""
-    from flwr.simulation import run_simulation
-
-    with tempfile.TemporaryDirectory() as home:
-        output = os.path.join(home, "rounds.json")
-        os.environ.update(FLOWER_ENV, FLWR_HOME=home,
-                          PYRO_FUSION_FLOWER_SETTINGS=json.dumps({**overrides, "output": output}))
-        os.environ["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
-                                                    os.environ.get("PYTHONPATH", "")])
-        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                   "init_args": {"num_cpus": int(os.environ.get("PYRO_FUSION_FLOWER_CPUS", "2")),
-                                 "include_dashboard": False}}
-        run_simulation(server_app, client_app, num_supernodes=num_clients, backend_config=backend)
-        if not os.path.isfile(output):
-            raise RuntimeError("the ServerApp wrote no output: see the log above")
-        with open(output) as f:
-            out = json.load(f)
-    if len(out["rounds"]) != overrides.get("num-rounds", DEFAULTS["num-rounds"]):
-        raise RuntimeError(f"the run finished {len(out['rounds'])} rounds: see the log above")
+    """Run the app with ``num_clients`` virtual SuperNodes in Flower's simulation runtime; returns the
+    ServerApp's JSON (one row per round)."""
+    bin_dir = pathlib.Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        home, app = pathlib.Path(tmp), pathlib.Path(tmp) / "app"
+        app.mkdir()
+        shutil.copy(APP_FILE, app / "federated_flower.py")
+        config = {**DEFAULTS, **overrides, "num-clients": num_clients, "output": str(home / "rounds.json")}
+        (app / "pyproject.toml").write_text(APP_TOML + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        port = _free_port()
+        (home / "config.toml").write_text(f'[superlink.sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        cpus = int(os.environ.get("PYRO_FUSION_FLOWER_CPUS", "2"))
+        log = home / "superlink.log"
+        with open(log, "w") as stream:
+            superlink = subprocess.Popen(
+                [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+                 "--port", str(port), "--disable-runtime-dependency-installation"],
+                env=env, stdout=stream, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+        try:
+            _wait_for_port(port, superlink, log)
+            run = subprocess.run(
+                [str(bin_dir / "flwr"), "run", str(app), "sim", "--stream", "--federation-config",
+                 f"num-supernodes={num_clients} client-resources-num-cpus=1 init-args-num-cpus={cpus}"],
+                env=env, capture_output=True, text=True, cwd=tmp, timeout=3600)
+            if not (home / "rounds.json").is_file():
+                raise RuntimeError(f"the ServerApp wrote no output:\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+                                   f"{log.read_text()[-3000:]}")
+            out = json.loads((home / "rounds.json").read_text())
+        finally:
+            os.killpg(superlink.pid, signal.SIGTERM)
+            try:
+                superlink.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(superlink.pid, signal.SIGKILL)
+                superlink.wait()
+    if len(out["rounds"]) != config["num-rounds"]:
+        raise RuntimeError(f"the run finished {len(out['rounds'])} of {config['num-rounds']} rounds")
     return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: pathlib.Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout} s")
 
 
 # %% [markdown]
 # ## KL-fusion vs FedAvg vs one-shot fusion
 #
-# * **KL-fusion**: clients of widths 30..70, three rounds.
-# * **FedAvg**: every client the same width (50), Flower's own FedAvg on the guides'
-#   locs and scales, three rounds.
+# Ten clients in every run, all of them trained in every round:
+#
+# * **KL-fusion**: clients of their own widths, three rounds.
+# * **FedAvg**: every client the same width, Flower's own FedAvg on the guides' locs and
+#   scales, three rounds.
 # * **One-shot fusion**: one round in which every client trains as long as it does in
 #   three rounds, fused once, no further communication.
 
 # %%
 if __name__ == "__main__":
-    # the simulation's workers import the apps by module name, not from __main__
-    import federated_flower as app
-
     rounds, epochs = DEFAULTS["num-rounds"], DEFAULTS["epochs"]
     runs = {
-        "kl_fusion": app.simulate(),
-        "fedavg_equal_width": app.simulate(mode="fedavg"),
-        "one_shot_fusion": app.simulate(**{"num-rounds": 1, "epochs": rounds * epochs}),
+        "KL-fusion, 3 rounds": simulate(),
+        "FedAvg (equal widths), 3 rounds": simulate(mode="fedavg"),
+        "one-shot KL-fusion": simulate(**{"num-rounds": 1, "epochs": rounds * epochs}),
     }
-    print(json.dumps({"settings": {k: DEFAULTS[k] for k in DEFAULTS if k != "output"}, "runs": runs}))
-    sys.stdout.flush()
+    print(f"{'run':<32}{'round':>6}{'clients':>9}{'width':>7}{'accuracy':>10}{'NLL':>7}")
+    for name, out in runs.items():
+        for row in out["rounds"]:
+            clients = row.get("num-accepted", "-")  # FedAvg does not count its replies
+            print(f"{name:<32}{row['round']:>6}{clients:>9}{row['width']:>7}{row['accuracy']:>10.3f}{row['nll']:>7.2f}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
-from ..posterior import FusedPosterior, GuidePosterior
+from ..posterior import FusedPosterior, GuidePosterior, component_indexed_sites
 from ..readout import extract
 from .base import FusedModel, FuseSettings, FusionAdapter, Layout, engine_price, front_door
 
@@ -74,6 +74,17 @@ class GuideAdapter(FusionAdapter):
         self.prior = prior
 
     def read(self, local_models: Sequence[Any]) -> List[GuidePosterior]:
+        """Read the trained guides. A site whose size follows each client's number of components
+        (mixture weights not named in ``simplex=``) is read again as a simplex indexed by component
+        (rebuilt after matching), when all clients are trained guides."""
+        posteriors = self._read(local_models, self.simplex)
+        if all(not isinstance(local, GuidePosterior) for local in local_models):
+            indexed = component_indexed_sites(posteriors)
+            if indexed:
+                posteriors = self._read(local_models, {**self.simplex, **indexed})
+        return posteriors
+
+    def _read(self, local_models: Sequence[Any], simplex: Mapping[str, Sequence[int]]) -> List[GuidePosterior]:
         posteriors = []
         for j, local in enumerate(local_models):
             if isinstance(local, GuidePosterior):
@@ -83,7 +94,7 @@ class GuideAdapter(FusionAdapter):
                 raise ValueError(f"client {j}: expected a trained guide or a GuidePosterior, got {type(local).__name__}")
             try:
                 posteriors.append(extract(
-                    local, *self.guide_args, components=self.components, simplex=self.simplex,
+                    local, *self.guide_args, components=self.components, simplex=simplex,
                     exclude=self.exclude, point_scale=self.point_scale,
                 ))
             except ValueError as e:

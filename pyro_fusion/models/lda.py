@@ -37,7 +37,7 @@ much faster than two threads.
 
 from __future__ import annotations
 
-from itertools import islice
+from itertools import count, islice
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 import pyro
@@ -95,13 +95,23 @@ class DocumentEncoder(nn.Module):
         return self.doc_prior + length * torch.sigmoid(s) * torch.softmax(logits, -1)
 
 
+_DEFAULT_NAMES = count()
+
+
+def _unique_name() -> str:
+    """``"lda"``, then ``"lda_1"``, ``"lda_2"``, ...: a default name per model of this process."""
+    n = next(_DEFAULT_NAMES)
+    return "lda" if n == 0 else f"lda_{n}"
+
+
 class LDA(nn.Module):
     """
     Latent Dirichlet allocation with an amortized guide for the documents' topic proportions.
 
     Parameters live in Pyro's param store under ``name`` (``"{name}.topic_concentration"``,
     ``"{name}.encoder$$$..."``, and for :meth:`autonormal_guide` ``"{name}.guide.0.locs.topic_words"``, ...),
-    so several clients' models, with different names, can be trained in one process. After :meth:`fit`, the
+    so several clients' models can be trained in one process: every model gets a name of its own
+    (``"lda"``, ``"lda_1"``, ``"lda_2"``, ... unless ``name`` is given). After :meth:`fit`, the
     topic posterior is kept (detached) by the model, see :meth:`topic_posterior`.
 
     Example::
@@ -119,7 +129,8 @@ class LDA(nn.Module):
     :param float doc_prior: symmetric Dirichlet concentration of a document's topic proportions
         (default ``1 / K``).
     :param int hidden: width of the encoder's hidden layer.
-    :param str name: prefix of the model's parameter names.
+    :param str name: prefix of the model's parameter names (default: one no other model of this
+        process has).
     """
 
     def __init__(
@@ -129,7 +140,7 @@ class LDA(nn.Module):
         topic_prior: float = 0.05,
         doc_prior: Optional[float] = None,
         hidden: int = 64,
-        name: str = "lda",
+        name: Optional[str] = None,
     ):
         super().__init__()
         if num_topics < 1:
@@ -142,7 +153,7 @@ class LDA(nn.Module):
         self.vocab = tuple(vocab)
         self.topic_prior = float(topic_prior)
         self.doc_prior = float(doc_prior) if doc_prior is not None else 1.0 / num_topics
-        self.name = name
+        self.name = _unique_name() if name is None else name
         self.encoder = DocumentEncoder(num_topics, self.doc_prior, hidden)
         self.guide: Optional[Callable] = None
         self._posterior: Optional[torch.distributions.Distribution] = None
