@@ -52,6 +52,7 @@ import pyro
 import torch
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
+from tqdm.auto import tqdm
 
 from _environment import data_path
 
@@ -273,6 +274,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         choices=("no", "yes"),
         help="only the settings whose models are trained without / with their label prior",
     )
+    parser.add_argument("--progress", action="store_true", help="a progress bar over the settings on stderr")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
@@ -296,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         min_steps=args.min_steps,
     )
     results = []
-    for dataset, split, layers, epochs, label_prior in settings:
+    for dataset, split, layers, epochs, label_prior in tqdm(settings, desc="settings", disable=not args.progress):
         try:
             results.append(
                 run_setting(

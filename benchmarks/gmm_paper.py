@@ -43,6 +43,7 @@ import time
 import numpy as np
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 from pyro_fusion import extract, fuse_posteriors
 from pyro_fusion.metrics import hausdorff, ot_distance
@@ -148,6 +149,7 @@ def main(argv=None) -> None:
                         help="rule for the price of a global component")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--progress", action="store_true", help="a progress bar over the runs on stderr")
     args = parser.parse_args(argv)
     if args.small:
         args.seeds, args.L, args.groups, args.steps = 2, [3], 3, 30
@@ -156,8 +158,9 @@ def main(argv=None) -> None:
     pyro.enable_validation(False)
     start = time.perf_counter()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    runs = [run(num_global, seed, args) for num_global in args.L for seed in seeds]
-    config = {k: v for k, v in vars(args).items() if k != "threads"}
+    cases = [(num_global, seed) for num_global in args.L for seed in seeds]
+    runs = [run(num_global, seed, args) for num_global, seed in tqdm(cases, desc="runs", disable=not args.progress)]
+    config = {k: v for k, v in vars(args).items() if k not in ("threads", "progress")}
     config["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps({"config": config, "runs": runs, "summary": summarize(runs)}))
 

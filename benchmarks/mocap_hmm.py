@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pyro_fusion.apps.mocap import run_demo
 
@@ -40,10 +41,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=400)
+    parser.add_argument("--progress", action="store_true", help="progress bars on stderr (seeds and each run's steps)")
     args = parser.parse_args()
     runs = []
-    for seed in args.seeds:
-        metrics = run_demo(seed=seed, out=None, num_steps=args.num_steps, progress=False)
+    for seed in tqdm(args.seeds, desc="seeds", disable=not args.progress):
+        metrics = run_demo(seed=seed, out=None, num_steps=args.num_steps, progress=args.progress)
         runs.append({key: metrics[key] for key in ROWS + ("seconds", "em_seconds", "total_seconds", "price")} | {"seed": seed})
     result = {
         "benchmark": "mocap_hmm",
