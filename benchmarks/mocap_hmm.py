@@ -41,7 +41,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=400)
-    parser.add_argument("--progress", action="store_true", help="progress bars on stderr (seeds and each run's steps)")
+    parser.add_argument("--progress", action="store_true", help="progress bars on stderr (seeds, each run's steps)")
     args = parser.parse_args()
     runs = []
     for seed in tqdm(args.seeds, desc="seeds", disable=not args.progress):

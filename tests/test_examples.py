@@ -2,6 +2,7 @@
 and of the user guide runs here."""
 import doctest
 import importlib
+import importlib.util
 import os
 import pathlib
 import runpy
@@ -24,7 +25,6 @@ OPTIONAL = {"pyro_fusion.flower": "flwr"}
 DATA_GLOBALS = {
     "mnist_root": pathlib.Path(os.environ.get("PYRO_FUSION_MNIST", "/nonexistent")),
     "ap_root": pathlib.Path(os.environ.get("PYRO_FUSION_AP", "/nonexistent")),
-    "fashion_mnist_root": pathlib.Path(os.environ.get("PYRO_FUSION_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")),
 }
 #: the names the examples share (shown on the API reference's first page), built where used
 WORLD = REPO / "tests" / "example_world.py"
@@ -55,25 +55,43 @@ def _example_blocks(text):
         yield match.group(2)
 
 
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples_run(name, one_thread):
-    module = _import(name)
-    tests = doctest.DocTestFinder(exclude_empty=True).find(module, name, globs=dict(vars(module)))
-    tests = [t for t in tests if t.examples and t.name.startswith(name)]
-    needs = {key for t in tests for key in DATA_GLOBALS if re.search(rf"\b{key}\b", t.docstring or "")}
-    for key in needs:
+def docstring_cases():
+    """One case per docstring with examples: (module, the DocTest's name)."""
+    cases = []
+    for name in MODULES:
+        requirement = next((r for prefix, r in OPTIONAL.items() if name.startswith(prefix)), None)
+        if requirement and importlib.util.find_spec(requirement) is None:
+            skip = pytest.mark.skip(reason=f"{name} needs {requirement}")
+            cases.append(pytest.param(name, None, id=name, marks=skip))
+            continue
+        module = importlib.import_module(name)
+        for test in doctest.DocTestFinder(exclude_empty=True).find(module, name):
+            if test.examples and test.name.startswith(name):
+                cases.append(pytest.param(name, test.name, id=test.name))
+    return cases
+
+
+def _uses(test, names):
+    source = "".join(example.source for example in test.examples)
+    return [n for n in names if re.search(rf"\b{n}\b", source)]
+
+
+@pytest.mark.parametrize("module_name, test_name", docstring_cases())
+def test_docstring_examples_run(module_name, test_name, one_thread):
+    module = importlib.import_module(module_name)
+    [test] = [t for t in doctest.DocTestFinder(exclude_empty=True).find(module, module_name) if t.name == test_name]
+    for key in _uses(test, DATA_GLOBALS):
         if not DATA_GLOBALS[key].is_dir():
-            pytest.skip(f"{name}'s examples read {DATA_GLOBALS[key]}, which is not there")
+            pytest.skip(f"{test_name} reads {DATA_GLOBALS[key]}, which is not there")
     world = {"torch": torch, "pyro": pyro, "dist": pyro.distributions}
-    if any(re.search(rf"\b({'|'.join(WORLD_NAMES)})\b", t.docstring or "") for t in tests):
+    if _uses(test, WORLD_NAMES):
         world.update({k: v for k, v in runpy.run_path(str(WORLD)).items() if not k.startswith("__")})
+    test.globs = {**world, **{key: str(path) for key, path in DATA_GLOBALS.items()}, **test.globs}
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
-    for test in tests:
-        test.globs = {**world, **{key: str(path) for key, path in DATA_GLOBALS.items()}, **test.globs}
-        with warnings.catch_warnings():  # the examples may not change the process's warning filters
-            runner.run(test)
+    with warnings.catch_warnings():  # the examples may not change the process's warning filters
+        runner.run(test)
     summary = runner.summarize(verbose=False)
-    assert summary.failed == 0, f"{summary.failed} of {summary.attempted} examples of {name} failed (see above)"
+    assert summary.failed == 0, f"{summary.failed} of {summary.attempted} examples of {test_name} failed (see above)"
 
 
 def test_every_example_block_is_a_doctest():
@@ -84,7 +102,8 @@ def test_every_example_block_is_a_doctest():
         text = path.read_text()
         plain += [f"{path.relative_to(REPO)}: {b.strip().splitlines()[0]}" for b in _example_blocks(text)
                   if ">>>" not in b]
-        skipped += [f"{path.relative_to(REPO)}: {line.strip()}" for line in text.splitlines() if "doctest: +SKIP" in line]
+        skipped += [f"{path.relative_to(REPO)}: {line.strip()}" for line in text.splitlines()
+                    if "doctest: +SKIP" in line]
     assert not plain, "Example:: blocks without >>> prompts:\n" + "\n".join(plain)
     assert not skipped, "skipped examples:\n" + "\n".join(skipped)
 

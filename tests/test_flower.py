@@ -1,12 +1,12 @@
 """pyro_fusion.flower: wire format, reply validation, the KLFusion strategy, and Flower runs
 in the simulation engine and in a loopback deployment."""
 import importlib
+import importlib.util
 import io
 import json
 import os
 import pathlib
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -373,35 +373,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-APP_TOML = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "pyro-fusion-flower"
-version = "1.0.0"
-description = "KL-fusion of Pyro guides of different widths"
-license = "Apache-2.0"
-dependencies = ["flwr>=1.42"]
-
-[tool.flwr.app]
-publisher = "pyro-fusion"
-
-[tool.flwr.app.components]
-serverapp = "federated_flower:server_app"
-clientapp = "federated_flower:client_app"
-
-[tool.flwr.app.config]
-num-clients = 3
-num-rounds = 2
-epochs = 1
-widths = "6,8,10"
-train-size = 600
-test-size = 300
-num-samples = 5
-output = "{output}"
-"""
+#: the deployment test's run config (the tutorial's app, small)
+APP_CONFIG = {"num-clients": 3, "num-rounds": 2, "epochs": 1, "widths": "6,8,10", "train-size": 600,
+              "test-size": 300, "num-samples": 5}
 
 
 @pytest.mark.flower_deployment
@@ -415,8 +389,10 @@ def test_deployment_engine_on_loopback(tmp_path):
     home.mkdir()
     app.mkdir()
     output = tmp_path / "rounds.json"
-    shutil.copy(TUTORIAL, app)
-    (app / "pyproject.toml").write_text(APP_TOML.format(output=output))
+    spec = importlib.util.spec_from_file_location("federated_flower", TUTORIAL)
+    tutorial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tutorial)
+    tutorial.write_app(app, {**APP_CONFIG, "output": str(output)})
     link = _free_port()  # Flower 1.42 serves the Fleet, Control and Runtime APIs on one HTTP port
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'

@@ -395,7 +395,8 @@ def weighted_guide(prefix, locs, weights):
 def test_mixture_weights_fuse_across_parties_of_different_sizes(dtype):
     guides = [
         weighted_guide("a", torch.tensor([0.0, 10.0], dtype=dtype), torch.tensor([30.0, 10.0], dtype=dtype)),
-        weighted_guide("b", torch.tensor([10.1, 20.0, 0.1], dtype=dtype), torch.tensor([10.0, 10.0, 20.0], dtype=dtype)),
+        weighted_guide("b", torch.tensor([10.1, 20.0, 0.1], dtype=dtype),
+                       torch.tensor([10.0, 10.0, 20.0], dtype=dtype)),
     ]
     fused = fuse_posteriors(guides, components={"locs": 0}, price=5.0)
     assert fused.num_global == 3

@@ -252,6 +252,31 @@ def test_run_demo_two_sequences(tmp_path):
     assert best["num_states"] <= 8  # one local model's states
 
 
+def test_demo_command_says_where_it_wrote(tmp_path, capsys):
+    from pyro_fusion.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--num-steps", "3", "--num-rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'metrics.json'} and {tmp_path / 'mocap_segmentation.png'}" in out
+    assert "fused_em" in out and (tmp_path / "mocap_segmentation.png").stat().st_size > 0
+
+
+def test_demo_without_matplotlib_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import pyro_fusion.apps.mocap as mocap
+    from pyro_fusion.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    monkeypatch.setattr(mocap, "load_mocap6", lambda: pytest.fail("the demo started working"))
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'pyro-fusion[plot]'" in err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"num_steps": 0}, {"sequences": [0, 6]}, {"sequences": []}, {"num_rounds": -1}]
 )

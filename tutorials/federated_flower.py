@@ -273,16 +273,21 @@ clientapp = "federated_flower:client_app"
 """
 
 
+def write_app(folder: pathlib.Path, config: dict) -> None:
+    """This file as a Flower app in ``folder``, with ``config`` as its run config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(APP_FILE, folder / "federated_flower.py")
+    (folder / "pyproject.toml").write_text(APP_TOML + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+
+
 def simulate(num_clients: int = 10, **overrides) -> dict:
     """Run the app with ``num_clients`` virtual SuperNodes in Flower's simulation runtime; returns the
     ServerApp's JSON (one row per round)."""
     bin_dir = pathlib.Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         home, app = pathlib.Path(tmp), pathlib.Path(tmp) / "app"
-        app.mkdir()
-        shutil.copy(APP_FILE, app / "federated_flower.py")
         config = {**DEFAULTS, **overrides, "num-clients": num_clients, "output": str(home / "rounds.json")}
-        (app / "pyproject.toml").write_text(APP_TOML + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        write_app(app, config)
         port = _free_port()
         (home / "config.toml").write_text(f'[superlink.sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
         env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),

@@ -144,9 +144,10 @@ def load_fashion_mnist(root: Optional[PathLike] = None, train: bool = True) -> I
 
     Example::
 
-        >>> test = load_fashion_mnist(fashion_mnist_root, train=False)  # default: the Debian package's folder
-        >>> tuple(test.images.shape)
-        (10000, 784)
+        >>> load_fashion_mnist("/nowhere", train=False)  # once installed: images (10000, 784), labels (10000,)
+        Traceback (most recent call last):
+            ...
+        FileNotFoundError: data directory not found: /nowhere (install it with `apt-get install ...`, ...)
 
     :param root: directory with ``train-*-ubyte.gz`` and ``t10k-*-ubyte.gz``; default
         ``$PYRO_FUSION_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``.
