@@ -39,8 +39,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
 ]
-exclude_patterns = ["_build", "jupyter_execute", ".jupyter_cache", "conf.py"]
-suppress_warnings = ["config.cache"]  # the nb_custom_formats entry holds a function
+exclude_patterns = ["_build", "conf.py"]
 
 # --- API reference: Pyro's reST field lists (`:param Tensor x:`), types from the hints
 autodoc_typehints = "description"
@@ -59,7 +58,6 @@ nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
-nb_kernel_rgx_aliases = {".*": "python3"}
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 

@@ -24,7 +24,7 @@ from torch.distributions import Distribution
 from . import io, writeback
 from .barycenter import barycenter
 from .components import Components
-from .expfam import DiagNormal, ExponentialFamily, PointMass
+from .expfam import DiagNormal, ExponentialFamily, PointMass, family_from_spec
 from .fusion import FusionResult, client_weights, fuse
 from .simplex import rebuild_simplex
 from .supports import support_name
@@ -281,12 +281,17 @@ class FusedPosterior(SiteLayout):
             elif name in simplex:
                 shape = simplex[name][1].shape
             shapes[name] = torch.Size(shape)
+        families = dict(ref.site_families)
+        for name, (_, value) in simplex.items():
+            event = len(families[name].event_shape)  # a rebuilt simplex has the global size
+            if event:
+                families[name] = family_from_spec({**families[name].spec(), "event_shape": list(value.shape[-event:])})
         return cls(
             component_dims=dict(ref.component_dims),
             simplex=simplex,
             site_shapes=shapes,
             sources=dict(ref.sources),
-            site_families=dict(ref.site_families),
+            site_families=families,
             supports=dict(ref.supports),
             result=result,
             shared=shared,

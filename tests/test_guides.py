@@ -402,6 +402,7 @@ def test_mixture_weights_fuse_across_parties_of_different_sizes(dtype):
     assert fused.num_global == 3
     axes, weights = fused.posterior.simplex["weights"]
     assert axes == (0,) and weights.shape == (3,) and weights.dtype == dtype
+    assert fused.posterior.site_families["weights"].event_shape == (3,)
     # rebuilt from the matched components: the weight of global g sums its parties' mean weights
     expected = torch.zeros(3, dtype=torch.float64)
     for guide_weights, assignment in zip(([30.0, 10.0], [10.0, 10.0, 20.0]), fused.assignments):
