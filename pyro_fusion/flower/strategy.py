@@ -291,7 +291,7 @@ def check_magnitudes(components: Components, direction: str, where: str) -> None
 
     Example::
 
-        >>> check_magnitudes(post.components, "reverse", "node 17")  # in KLFusion, per reply
+        >>> check_magnitudes(posts[0].components, "reverse", "node 17")  # in KLFusion, per reply
 
     :param Components components: one reply's components.
     :param str direction: the KL direction of the fusion.
