@@ -37,6 +37,7 @@ extensions = [
     "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax served from the built site: formulas render without internet
     "sphinx.ext.viewcode",
 ]
 exclude_patterns = ["_build", "conf.py"]
