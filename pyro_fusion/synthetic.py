@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from .components import Components
+from .expfam import PointMass
 
 
 class SyntheticProblem(NamedTuple):
@@ -37,18 +38,23 @@ def gaussian_atoms_problem(
     keep_prob: float = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    point_scale: float = None,
 ) -> SyntheticProblem:
     """
     Global atoms ``~ N(0, atom_scale^2 I)`` (default ``atom_scale^2 = num_atoms``, as in
     SPAHM's generator); client ``j`` keeps atom ``i`` with probability ``p_i ~ Beta(1, 1)``
     (or a fixed ``keep_prob``), at least one atom each; a kept atom is observed as
     ``N(atom + noise * eps, posterior_scale^2)`` with its local components shuffled.
+    With ``point_scale``, clients hold the observed means as point estimates instead
+    (:class:`~pyro_fusion.expfam.PointMass` of that scale: half the memory of Normals).
 
     Example::
 
         >>> problem = gaussian_atoms_problem(5, 3, 2, seed=0)
         >>> len(problem.clients), problem.atoms.shape
         (3, torch.Size([5, 2]))
+        >>> gaussian_atoms_problem(5, 3, 2, point_scale=0.1).clients[0]["loc"].family
+        PointMass(event_shape=[2], scale=0.1)
     """
     gen = torch.Generator().manual_seed(seed)
     if atom_scale is None:
@@ -66,7 +72,11 @@ def gaussian_atoms_problem(
         idx = keep[j].nonzero().squeeze(-1)
         idx = idx[torch.randperm(len(idx), generator=gen)]
         loc = atoms[idx] + noise * torch.randn(len(idx), dim, generator=gen, dtype=torch.float64)
-        scale = torch.full_like(loc, posterior_scale)
-        clients.append(Components.from_distributions({"loc": Normal(loc.to(dtype), scale.to(dtype))}))
+        if point_scale is None:
+            scale = torch.full_like(loc, posterior_scale)
+            clients.append(Components.from_distributions({"loc": Normal(loc.to(dtype), scale.to(dtype))}))
+        else:
+            family = PointMass((dim,), scale=point_scale)
+            clients.append(Components({"loc": (family, family.natural(loc).to(dtype))}))
         kept.append(idx)
     return SyntheticProblem(clients, atoms.to(dtype), kept)
