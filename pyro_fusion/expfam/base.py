@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -106,6 +106,25 @@ class ExponentialFamily(ABC):
             - self.log_normalizer(eta_p)
             - ((eta_q - eta_p) * mu_p).sum(-1)
         )
+
+    def location(self, eta: Tensor) -> Optional[Tensor]:
+        """
+        Where each distribution sits, shape ``eta.shape[:-1] + (k,)``, for families whose
+        members move with a translation ``x -> x - t`` of the sample space; None for the
+        others. KL divergences do not change under a translation, so
+        :mod:`pyro_fusion.cost` moves components near the origin before forming a cost
+        matrix, where floating point cancels least.
+        """
+        return None
+
+    def translate(self, eta: Tensor, shift: Tensor) -> Tensor:
+        """
+        Natural parameters of ``x - shift`` when ``x`` has natural parameters ``eta``
+        (families with a :meth:`location` only).
+
+        :param Tensor shift: broadcastable to :meth:`location` of ``eta``.
+        """
+        raise NotImplementedError(f"{self!r} has no location to translate")
 
     def check(self, eta: Tensor, where: str) -> None:
         """

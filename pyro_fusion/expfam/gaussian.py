@@ -121,6 +121,18 @@ class MultivariateNormal(VectorFamily):
         loc, precision = self.loc_precision(eta)
         return self._independent_outer(torch.distributions.MultivariateNormal(loc, precision_matrix=precision))
 
+    def location(self, eta: Tensor) -> Tensor:
+        loc = self.loc_precision(eta)[0]
+        return loc.reshape(eta.shape[:-1] + (self.num_coords * self.size,))
+
+    def translate(self, eta: Tensor, shift: Tensor) -> Tensor:
+        """``P (m - t) = eta_1 - P t``; the precision does not move."""
+        coords = self._outer_coords(eta)
+        eta1, precision = self._blocks(coords)
+        shift = shift.reshape(shift.shape[:-1] + self.event_shape)
+        eta1 = eta1 - (precision @ shift.unsqueeze(-1))[..., 0]
+        return self._join_blocks(eta1, coords[..., self.size :])
+
     def coord_log_normalizer(self, coords: Tensor) -> Tensor:
         eta1, precision = self._blocks(coords)
         tril = torch.linalg.cholesky_ex(precision).L

@@ -53,6 +53,23 @@ class DiagNormal(ElementwiseFamily):
     def distribution(self, eta: Tensor) -> Distribution:
         return self._independent(Normal(*self.loc_scale(eta)))
 
+    def location(self, eta: Tensor) -> Tensor:
+        coords = self._split(eta)
+        return -0.5 * coords[..., 0] / coords[..., 1]
+
+    def translate(self, eta: Tensor, shift: Tensor) -> Tensor:
+        """``(m - t) / s^2 = eta_1 + 2 t eta_2``; the precision does not move.
+
+        Example::
+
+            >>> fam = DiagNormal(event_shape=(1,))
+            >>> fam.loc_scale(fam.translate(fam.natural(torch.tensor([5.0]), torch.tensor([2.0])), 4.0))
+            (tensor([1.]), tensor([2.]))
+        """
+        coords = self._split(eta)
+        eta1 = coords[..., 0] + 2 * shift * coords[..., 1]
+        return self._join(torch.stack([eta1, coords[..., 1].expand_as(eta1)], -1))
+
     def coord_log_normalizer(self, coords: Tensor) -> Tensor:
         eta1, eta2 = coords.unbind(-1)
         return -0.25 * eta1.square() / eta2 - 0.5 * torch.log(-2 * eta2)
@@ -121,6 +138,12 @@ class PointMass(ElementwiseFamily):
     def distribution(self, eta: Tensor) -> Distribution:
         value = self.value(eta)
         return self._independent(Normal(value, torch.full_like(value, self.scale)))
+
+    def location(self, eta: Tensor) -> Tensor:
+        return eta * self.scale**2
+
+    def translate(self, eta: Tensor, shift: Tensor) -> Tensor:
+        return eta - shift / self.scale**2
 
     def coord_log_normalizer(self, coords: Tensor) -> Tensor:
         return 0.5 * self.scale**2 * coords[..., 0].square()
