@@ -43,6 +43,8 @@ REFINE_TOL = 1e-4
 REFINE_FLOOR = 1.0
 #: :func:`refine` recomputes at most this many parameters (pairs x dim) at once
 _PAIR_CHUNK = 1 << 22
+#: :meth:`KLGeometry.centre` looks at this many components
+_CENTRE_ROWS = 256
 
 
 def check_direction(direction: str) -> None:
@@ -123,11 +125,13 @@ class KLGeometry:
     # ----- translations of the sample space (location families) ------------------------
     def centre(self, natural: Tensor) -> List[Optional[Tensor]]:
         """
-        Per field, the mean location of the components ``natural`` if they share an offset
-        larger than their spread around it (translating by it at least halves the squared
-        distance to the origin), else None; None for fields without a location.
+        Per field, the mean location of the components ``natural`` (the first
+        :data:`_CENTRE_ROWS`) if they share an offset larger than their spread around it
+        (translating by it at least halves the squared distance to the origin), else None;
+        None for fields without a location.
         """
         shifts: List[Optional[Tensor]] = []
+        natural = natural[:_CENTRE_ROWS]
         for family, part in zip(self.families.values(), natural.split(self.sizes, -1)):
             loc = family.location(part)
             shift = None
@@ -173,6 +177,8 @@ def refine(
     dim: int,
     pairs: Callable[[Tensor, Tensor], Tensor],
     tol: float = REFINE_TOL,
+    below: Optional[float] = None,
+    coordinates: Optional[Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = None,
 ) -> int:
     """
     Recompute in place the entries of a cost matrix from :meth:`KLGeometry.cost` whose
@@ -181,32 +187,61 @@ def refine(
     ``eps (|phi_x| + |c| + (1 + sqrt(d)) |x| |y|)`` for the dtype's ``eps``: the rounding of
     the three terms and of the inner product (Cauchy-Schwarz, with the ``sqrt(d)`` growth
     of a blocked sum). Far pairs keep their GEMM value; close pairs of components far
-    from the origin are recomputed.
+    from the origin are recomputed: in float64 by the same formula when ``coordinates``
+    are given and that bound holds in float64, else by ``pairs``.
 
     :param Tensor cost: ``[N, M]``, modified in place.
     :param Tensor phi_x: ``[N]`` row terms; ``c``: ``[M]`` column terms (or ``[N, 1]`` for a
-        column of paired costs, as ``y_norm``).
+        column of paired costs, as ``y_norm``); float64 if ``coordinates`` are given.
     :param Tensor x_norm: ``[N]`` Euclidean norms of the rows' coordinates; ``y_norm``: ``[M]``
         of the columns' duals.
     :param int dim: length ``d`` of the inner products.
     :param pairs: ``pairs(rows, cols)`` -> float64 costs of those entries, e.g. by
         :meth:`KLGeometry.pair_cost`.
+    :param float below: only entries that may lie below this value need to be accurate
+        (e.g. the price of a new component, above which no entry is ever chosen); the
+        others are left as they are.
+    :param tuple coordinates: ``(rows -> x [K, d], cols -> y [K, d])`` in float64.
     :returns: the number of entries recomputed.
+    :raises ValueError: if a recomputed entry is not finite.
     """
     if cost.numel() == 0:
         return 0
     dtype = cost.dtype
+    eps = torch.finfo(dtype).eps
     growth = 1.0 + math.sqrt(dim)
-    bound = (phi_x.to(dtype).abs().unsqueeze(-1) + c.to(dtype).abs()).addcmul_(
-        x_norm.to(dtype).unsqueeze(-1), y_norm.to(dtype), value=growth
-    )
-    limit = cost.abs().clamp_(min=REFINE_FLOOR).mul_(tol / torch.finfo(dtype).eps)
-    flagged = (bound > limit) | ~torch.isfinite(cost)
-    rows, cols = flagged.nonzero(as_tuple=True)
+    phi_abs, c_abs = phi_x.to(dtype).abs(), c.to(dtype).abs()
+    x_norm, y_norm = x_norm.to(dtype), y_norm.to(dtype)
+    finite = bool(torch.isfinite(cost.sum()))
+    # the largest error in each row; an entry needs a look only if it is small next to
+    # that (or, with `below`, if it may lie below `below`)
+    reach = eps * (phi_abs + c_abs.max() + growth * x_norm * y_norm.max())
+    if below is None:
+        near = cost.abs() < (reach / tol).unsqueeze(-1)
+    else:
+        near = cost < (below + reach).unsqueeze(-1)
+    if not finite:
+        near |= ~torch.isfinite(cost)
+    rows, cols = near.nonzero(as_tuple=True)
+    value = cost[rows, cols]
+    bound = phi_abs[rows] + c_abs.expand_as(cost)[rows, cols]
+    bound += growth * x_norm[rows] * y_norm.expand_as(cost)[rows, cols]
+    keep = (eps * bound > tol * value.abs().clamp(min=REFINE_FLOOR)) | ~torch.isfinite(value)
+    rows, cols, bound = rows[keep], cols[keep], bound[keep]
     chunk = max(1, _PAIR_CHUNK // max(1, dim))
     for start in range(0, rows.numel(), chunk):
         r, g = rows[start : start + chunk], cols[start : start + chunk]
-        cost[r, g] = pairs(r, g).to(dtype)
+        if coordinates is not None and dtype != torch.float64:
+            exact = phi_x[r] + c.expand_as(cost)[r, g] - torch.linalg.vecdot(coordinates[0](r), coordinates[1](g))
+            eps64 = torch.finfo(torch.float64).eps
+            unsure = eps64 * bound[start : start + chunk].double() > tol * exact.abs().clamp(min=REFINE_FLOOR)
+            if bool(unsure.any()):
+                exact[unsure] = pairs(r[unsure], g[unsure])
+        else:
+            exact = pairs(r, g)
+        if not bool(torch.isfinite(exact).all()):
+            raise ValueError("KL costs are not finite even in float64 (parameters too extreme)")
+        cost[r, g] = exact.to(dtype)
     return int(rows.numel())
 
 

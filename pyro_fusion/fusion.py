@@ -10,14 +10,28 @@ then ``F = sum_jl w_j Phi(x_jl) - sum_g W_g Phi(xbar_g) + lam M`` (a Jensen gap 
 averaging space of :mod:`pyro_fusion.cost`), which the engine tracks from per-global sums in
 float64. Clients are re-matched in random order. Each update first tries the
 SPAHM/PFNM-style match against the barycenters *without* the client's own contribution;
-if that would increase ``F`` it falls back to the exact block-coordinate step (match
+if that does not decrease ``F`` it falls back to the exact block-coordinate step (match
 against the current barycenters, where a global used by this client alone costs ``lam``
-extra), which never increases ``F``. So the recorded objective never increases.
+extra), and if that does not decrease ``F`` either, the client keeps its assignment. So the
+recorded objective never increases, and a sweep that changes nothing has converged.
+
+How the work is shared (the state holds per-global rows, never a copy per client):
+
+- one cost matrix per client against the current barycenters serves both steps; the
+  candidate recomputes only the columns of the client's own globals without it;
+- an accepted update writes only the rows of the globals the client leaves or joins, and
+  the change of ``F`` comes from those rows alone;
+- in-memory clients are matched in blocks: one GEMM of a block of clients against the
+  barycenters, after which each client recomputes only the columns that the clients
+  before it in the block changed (exactly the sequential result, one large GEMM instead
+  of many small ones);
+- exchanging two identical components of one client is not a change.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,9 +39,13 @@ from torch import Tensor
 
 from .assignment import NEW, assign_rows
 from .components import Components
-from .cost import KLGeometry, check_direction
+from .cost import KLGeometry, check_direction, refine
 
 COMBINES = ("average", "product")
+#: in-memory clients are matched in blocks of about this many local components (one GEMM each)
+BLOCK_ROWS = 512
+#: an update must lower ``F`` by more than this times the size of the terms it changes
+DECREASE_TOL = 1e-12
 
 
 @dataclass
@@ -40,10 +58,17 @@ class FusionResult:
     :ivar Tensor support: LongTensor ``[M]``, the number of clients matched to each global.
     :ivar list objective: ``F`` after initialisation and after every client update.
     :ivar int iterations: number of full sweeps over the clients.
-    :ivar bool converged: whether a sweep changed no assignment.
+    :ivar bool converged: whether the last sweep changed no assignment (up to exchanging
+        identical components of one client).
     :ivar float price: the price of a global component (None in parametric mode).
     :ivar str direction: ``"reverse"`` or ``"forward"``.
     :ivar str combine: ``"average"`` or ``"product"``.
+    :ivar dict info: counters of the run: ``updates`` (client updates that changed an
+        assignment), ``exact_steps`` (of those, by the exact step) and ``refined_costs``
+        (cost entries recomputed in float64, see :func:`~pyro_fusion.cost.refine`).
+    :ivar list costs: per client, float64 ``[L_j]``: the KL (in ``direction``) between each
+        local component and the barycenter of its global, so that
+        ``objective[-1] == sum_j w_j costs[j].sum() + price * M``; None for loaded results.
     """
 
     components: Components
@@ -56,6 +81,7 @@ class FusionResult:
     direction: str
     combine: str = "average"
     info: Dict[str, float] = field(default_factory=dict)
+    costs: Optional[List[Tensor]] = None
 
     @property
     def num_global(self) -> int:
@@ -79,32 +105,68 @@ class FusionResult:
         return cls(**load_result_record(path))
 
 
+class LazyClients(Sequence):
+    """
+    Clients read on access: item ``j`` is ``load(sources[j])``, and nothing is kept.
+    :func:`fuse` reads a client each time it visits it, so it holds the global model and one
+    client's components at a time (a list of :class:`Components` is held in memory and
+    matched in blocks instead). Each client is checked when it is read.
+
+    Example::
+
+        >>> from torch.distributions import Normal
+        >>> def load(shift):  # e.g. read one client's file
+        ...     return Components.from_distributions({"x": Normal(torch.tensor([[0.0], [10.0]]) + shift, 0.1)})
+        >>> clients = LazyClients([0.0, 0.1, 0.2], load)
+        >>> fuse(clients, price=5.0).num_global
+        2
+
+    :param list sources: one entry per client (file names, keys, ...).
+    :param callable load: ``load(source) -> Components``.
+    """
+
+    def __init__(self, sources: Sequence, load: Callable[..., Components]):
+        self.sources = list(sources)
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return LazyClients(self.sources[j], self.load)
+        return self.load(self.sources[j])
+
+
+def _check_client(j: int, client, ref: Components, ref_index: int = 0) -> None:
+    if not isinstance(client, Components):
+        raise ValueError(f"client {j}: expected Components, got {type(client).__name__}")
+    if len(client) == 0:
+        raise ValueError(f"client {j} has zero components")
+    if list(client.fields) != list(ref.fields):
+        raise ValueError(
+            f"client {j} has fields {list(client.fields)}, client {ref_index} has {list(ref.fields)}"
+        )
+    for name, f in client.fields.items():
+        ref_family = ref.fields[name].family
+        if type(f.family) is not type(ref_family):
+            raise ValueError(
+                f"client {j}, field {name!r}: family {f.family.name} differs from "
+                f"client {ref_index}'s {ref_family.name} (one family per field)"
+            )
+        if f.family != ref_family:
+            raise ValueError(
+                f"client {j}, field {name!r}: {f.family!r} differs from client {ref_index}'s "
+                f"{ref_family!r} (event shapes must agree)"
+            )
+    client.check(f"client {j}")
+
+
 def _check_clients(clients: Sequence[Components]) -> None:
     if len(clients) == 0:
         raise ValueError("fuse needs at least one client")
-    ref = clients[0]
     for j, client in enumerate(clients):
-        if not isinstance(client, Components):
-            raise ValueError(f"client {j}: expected Components, got {type(client).__name__}")
-        if len(client) == 0:
-            raise ValueError(f"client {j} has zero components")
-        if list(client.fields) != list(ref.fields):
-            raise ValueError(
-                f"client {j} has fields {list(client.fields)}, client 0 has {list(ref.fields)}"
-            )
-        for name, f in client.fields.items():
-            ref_family = ref.fields[name].family
-            if type(f.family) is not type(ref_family):
-                raise ValueError(
-                    f"client {j}, field {name!r}: family {f.family.name} differs from "
-                    f"client 0's {ref_family.name} (one family per field)"
-                )
-            if f.family != ref_family:
-                raise ValueError(
-                    f"client {j}, field {name!r}: {f.family!r} differs from client 0's "
-                    f"{ref_family!r} (event shapes must agree)"
-                )
-        client.check(f"client {j}")
+        _check_client(j, client, clients[0])
 
 
 def client_weights(weights, num_clients: int) -> Tensor:
@@ -120,164 +182,519 @@ def client_weights(weights, num_clients: int) -> Tensor:
     return w / w.mean()
 
 
-class _FusionState:
-    """Assignments plus per-global float64 sums; see the module docstring."""
+class _Client(NamedTuple):
+    """One client as the engine reads it (see :class:`_ClientSource`)."""
 
-    def __init__(self, geometry, xs64, dtype, phis, weights, price, num_global, rng):
+    natural: Tensor  # the client's concatenated natural parameters, as given
+    x: Tensor  # [L, d] averaging-space coordinates, working dtype, device, engine frame
+    phi: Tensor  # [L] Phi(x), float64
+    phi_w: Tensor  # [L] the same in the working dtype
+    norm: Tensor  # [L] |x| in the working dtype
+
+
+class _ClientSource:
+    """
+    The clients in the engine's frame (translated to the origin when they share an offset,
+    :meth:`KLGeometry.centre`) on the working device: kept for in-memory clients (the
+    coordinates are the clients' own tensors where no conversion is needed), read again on
+    every visit for other sequences. Checks each client the first time it is read.
+    """
+
+    def __init__(self, clients, geometry: KLGeometry, dtype, device, keep: bool, max_components=None):
+        self.clients = clients
         self.geometry = geometry
-        self.xs64 = xs64  # per client [L_j, d] float64, for the sums
-        self.xs = [x.to(dtype) for x in xs64]  # the same in the working dtype, for the GEMMs
-        self.phis = phis  # per client [L_j] float64
+        self.dtype = dtype
+        self.device = device
+        self.keep = keep
+        self.max_components = max_components
+        self.shifts: Optional[list] = None
+        self.cache: Dict[int, _Client] = {}
+        self.first: Optional[Tuple[int, Components]] = None  # reference for checks
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def components(self, j: int) -> Components:
+        comps = self.clients[j]
+        if self.first is None:
+            _check_client(j, comps, comps, j)
+            self.first = (j, comps)
+        elif not self.keep:
+            _check_client(j, comps, self.first[1], self.first[0])
+        if self.max_components is not None and len(comps) > self.max_components:
+            raise ValueError(
+                f"client {j} has {len(comps)} components, more than num_global={self.max_components}"
+            )
+        return comps
+
+    def natural64(self, natural: Tensor) -> Tensor:
+        """float64 natural parameters on the device, in the engine's frame."""
+        eta = natural.to(device=self.device, dtype=torch.float64)
+        return self.geometry.translate(eta, self.shifts)
+
+    def rows64(self, client: _Client, rows: Tensor) -> Tensor:
+        """:meth:`natural64` of the client's components at ``rows``."""
+        return self.natural64(client.natural[rows.to(client.natural.device)])
+
+    def coordinates64(self, client: _Client) -> Tensor:
+        return self.geometry.coordinates(self.natural64(client.natural))
+
+    def __getitem__(self, j: int) -> _Client:
+        client = self.cache.get(j)
+        if client is not None:
+            return client
+        natural = self.components(j).concat()
+        if self.shifts is None:
+            self.shifts = self.geometry.centre(natural.to(device=self.device, dtype=torch.float64))
+        x64, phi, y, c = self.geometry.terms(self.natural64(natural))
+        _check_representable(j, x64, phi, y, c, self.dtype)
+        same = (
+            self.geometry.direction == "reverse"
+            and all(s is None for s in self.shifts)
+            and natural.dtype == self.dtype
+            and natural.device == torch.device(self.device)
+        )
+        x = natural if same else x64.to(self.dtype)
+        norm = torch.linalg.vector_norm(x64, dim=-1)
+        client = _Client(natural, x, phi, phi.to(self.dtype), norm.to(self.dtype))
+        if self.keep:
+            self.cache[j] = client
+        return client
+
+
+def _check_representable(j: int, x: Tensor, phi: Tensor, y: Tensor, c: Tensor, dtype) -> None:
+    """Raise naming client ``j`` if its cost terms overflow the working dtype (then its cost
+    matrices would hold inf or NaN)."""
+    big = torch.finfo(dtype).max
+    x_norm = torch.linalg.vector_norm(x, dim=-1)
+    y_norm = torch.linalg.vector_norm(y, dim=-1)
+    terms = torch.stack([phi.abs(), c.abs(), x_norm, y_norm, x_norm * y_norm])
+    bad = ~(terms < big).all(0)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise ValueError(
+            f"client {j}: component {first} has KL cost terms that are not finite in {dtype} "
+            f"(log-normalizer {float(phi[first]):.3g}, |natural| x |mean| "
+            f"{float(x_norm[first] * y_norm[first]):.3g}); its parameters are too extreme"
+            + ("" if dtype == torch.float64 else "; try dtype=torch.float64")
+        )
+
+
+def _overriding(rows_of: Callable[[Tensor], Tensor], index: Tensor, rows: Tensor) -> Callable[[Tensor], Tensor]:
+    """``rows_of`` with the columns where ``index >= 0`` read from ``rows[index]`` instead."""
+
+    def read(k: Tensor) -> Tensor:
+        out, at = rows_of(k), index[k]
+        mine = at >= 0
+        out[mine] = rows[at[mine]]
+        return out
+
+    return read
+
+
+@contextlib.contextmanager
+def _intra_op_threads(num_threads: Optional[int]) -> Iterator[None]:
+    """Run the block with ``num_threads`` intra-op threads, restoring the caller's setting."""
+    before = torch.get_num_threads()
+    if num_threads is None or num_threads == before:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Move(NamedTuple):
+    """A proposed new assignment of one client and the per-global rows it would write."""
+
+    new: Tensor  # [L] slots
+    touched: Tensor  # [T] sorted slots the move changes
+    sum: Tensor  # [T, d]
+    weight: Tensor  # [T]
+    count: Tensor  # [T]
+    duals: Tuple[Tensor, Tensor, Tensor, Tensor]  # xbar, y, c, phi of the touched slots in use
+    delta: float  # change of F
+    noise: float  # rounding level of delta
+
+
+class _FusionState:
+    """Assignments plus per-global float64 sums in slots; see the module docstring.
+
+    Per slot: ``sum`` of ``w_j x_jl`` over members, ``weight``, ``count``, the barycenter
+    ``xbar`` and its duals ``y`` (float64 and ``y_w`` in the working dtype), ``c``, ``phi``,
+    ``y_norm``. Slots with ``count == 0`` are free (nonparametric) and reused.
+    """
+
+    _KEYS = ("sum", "weight", "count", "xbar", "y", "y_w", "c", "phi", "y_norm", "dirty")
+
+    def __init__(self, geometry: KLGeometry, source: _ClientSource, weights: Tensor, price, num_global, rng):
+        self.geometry = geometry
+        self.source = source
         self.weights = weights
         self.price = price
         self.parametric = num_global is not None
         self.rng = rng
-        d = xs64[0].shape[-1]
-        self.assign: List[Optional[Tensor]] = [None] * len(xs64)
-        self.sum = torch.zeros(0, d, dtype=torch.float64)
-        self.weight = torch.zeros(0, dtype=torch.float64)
-        self.count = torch.zeros(0, dtype=torch.long)
-        self.xbar = torch.zeros(0, d, dtype=torch.float64)
-        self.y = torch.zeros(0, d, dtype=torch.float64)
-        self.c = torch.zeros(0, dtype=torch.float64)
-        self.phi = torch.zeros(0, dtype=torch.float64)
-        self.local_phi = 0.0  # sum of w_j Phi(x_jl) over assigned components
+        self.dtype, self.device = source.dtype, source.device
+        self.dim = sum(geometry.sizes)
+        self.assign: List[Optional[Tensor]] = [None] * len(source)
+        self.local_phi = 0.0
+        self.size = 0  # slots [0, size) have been used
+        self.recorded: Optional[float] = None  # F as recorded, updated by each accepted delta
+        self.info = {"updates": 0, "exact_steps": 0, "refined_costs": 0}
+        self._allocate(64 if num_global is None else num_global)
+
+    # ----- slots ----------------------------------------------------------------------
+    def _allocate(self, capacity: int) -> None:
+        f64 = dict(dtype=torch.float64, device=self.device)
+        d = self.dim
+        fresh = {
+            "sum": torch.zeros(capacity, d, **f64),
+            "weight": torch.zeros(capacity, **f64),
+            "count": torch.zeros(capacity, dtype=torch.long, device=self.device),
+            "xbar": torch.zeros(capacity, d, **f64),
+            "y": torch.zeros(capacity, d, **f64),
+            "y_w": torch.zeros(capacity, d, dtype=self.dtype, device=self.device),
+            "c": torch.zeros(capacity, **f64),
+            "phi": torch.zeros(capacity, **f64),
+            "y_norm": torch.zeros(capacity, **f64),
+            "dirty": torch.zeros(capacity, dtype=torch.bool, device=self.device),
+        }
+        for key, value in fresh.items():
+            if hasattr(self, key):
+                value[: self.size] = getattr(self, key)[: self.size]
+            setattr(self, key, value)
+        self.capacity = capacity
+
+    def _alive(self) -> Tensor:
         if self.parametric:
-            self._seed_globals(num_global)
+            return torch.ones(self.size, dtype=torch.bool, device=self.device)
+        return self.count[: self.size] > 0
 
-    # ----- per-global quantities -----------------------------------------------------
-    def _refresh(self, state: dict, index: Tensor) -> None:
-        """Recompute barycenters and their duals at ``index`` (where they have weight)."""
-        index = index[state["count"][index] > 0]
-        if index.numel() == 0:
-            return
-        xbar = state["sum"][index] / state["weight"][index].unsqueeze(-1)
-        y, c, phi = self.geometry.dual(xbar)
-        state["xbar"][index] = xbar
-        state["y"][index] = y
-        state["c"][index] = c
-        state["phi"][index] = phi
+    def _free_slots(self, k: int) -> Tensor:
+        """``k`` slots for new globals: free ones first, then appended ones."""
+        free = (self.count[: self.size] == 0).nonzero().squeeze(-1)[:k]
+        extra = k - free.numel()
+        if self.size + extra > self.capacity:
+            self._allocate(max(2 * self.capacity, self.size + extra))
+        return torch.cat([free, torch.arange(self.size, self.size + extra, device=self.device)])
 
-    _KEYS = ("sum", "weight", "count", "xbar", "y", "c", "phi")
+    def _set_duals(self, slots: Tensor, xbar: Tensor, y: Tensor, c: Tensor, phi: Tensor) -> None:
+        self.xbar[slots] = xbar
+        self.y[slots] = y
+        self.y_w[slots] = y.to(self.dtype)
+        self.c[slots] = c
+        self.phi[slots] = phi
+        self.y_norm[slots] = torch.linalg.vector_norm(y, dim=-1)
+        self.dirty[slots] = True
 
-    def _state(self) -> dict:
-        """The per-global tensors (never modified in place; updates build new ones)."""
-        return {k: getattr(self, k) for k in self._KEYS}
+    def _global_natural(self, slots: Tensor) -> Tensor:
+        """float64 natural parameters of the barycenters at ``slots`` (engine frame)."""
+        return self.xbar[slots] if self.geometry.direction == "reverse" else self.y[slots]
 
-    def _objective(self, state: dict, local_phi: float) -> float:
-        gap = local_phi - float((state["weight"] * state["phi"]).sum())
+    # ----- objective ---------------------------------------------------------------------
+    def objective(self) -> float:
+        """``F`` from the per-global sums."""
+        alive = self._alive()
+        gap = self.local_phi - float((self.weight[: self.size] * self.phi[: self.size])[alive].sum())
         if self.parametric:
             return gap
-        return gap + self.price * int((state["count"] > 0).sum())
+        return gap + self.price * int(alive.sum())
 
-    def objective(self) -> float:
-        return self._objective(self.__dict__, self.local_phi)
-
-    # ----- initialisation (parametric mode) ------------------------------------------
-    def _seed_globals(self, num_global: int) -> None:
-        """k-means++ seeding with the Bregman cost over all local components."""
-        x = torch.cat(self.xs64)
-        phi_x = torch.cat(self.phis)
-        first = int(self.rng.integers(len(x)))
-        centers = [first]
-        y, c, _ = self.geometry.dual(x[first : first + 1])
-        dist = KLGeometry.cost(x, phi_x, y, c).squeeze(-1).clamp(min=0)
-        for _ in range(1, num_global):
-            p = dist.numpy() / dist.sum().item() if dist.sum() > 0 else None
+    # ----- initialisation -----------------------------------------------------------------
+    def seed_globals(self, num_global: int, existing: int = 0) -> None:
+        """k-means++ seeding with the Bregman cost over all local components, after
+        ``existing`` slots that already hold barycenters."""
+        clients = [self.source[j] for j in range(len(self.source))]
+        x = torch.cat([self.source.coordinates64(client) for client in clients])
+        phi_x = torch.cat([client.phi for client in clients])
+        if existing:
+            dist = KLGeometry.cost(x, phi_x, self.y[:existing], self.c[:existing]).min(-1).values.clamp(min=0)
+            centers = []
+        else:
+            first = int(self.rng.integers(len(x)))
+            centers = [first]
+            y, c, _ = self.geometry.dual(x[first : first + 1])
+            dist = KLGeometry.cost(x, phi_x, y, c).squeeze(-1).clamp(min=0)
+        for _ in range(existing + len(centers), num_global):
+            p = dist.cpu().numpy() / dist.sum().item() if dist.sum() > 0 else None
             nxt = int(self.rng.choice(len(x), p=p))
             centers.append(nxt)
             y, c, _ = self.geometry.dual(x[nxt : nxt + 1])
             dist = torch.minimum(dist, KLGeometry.cost(x, phi_x, y, c).squeeze(-1).clamp(min=0))
-        self.xbar = x[centers].clone()
-        self.y, self.c, self.phi = self.geometry.dual(self.xbar)
-        self.sum = torch.zeros_like(self.xbar)
-        self.weight = torch.zeros(num_global, dtype=torch.float64)
-        self.count = torch.zeros(num_global, dtype=torch.long)
+        slots = torch.arange(existing, num_global, device=self.device)
+        xbar = x[centers]
+        self._set_duals(slots, xbar, *self.geometry.dual(xbar))
+        self.size = num_global
 
-    # ----- one client update -----------------------------------------------------------
-    def _apply(self, base: dict, j: int, new: Tensor, reopen: Tensor, copy: bool = True) -> dict:
-        """Stats after adding client ``j`` under ``new`` (``NEW`` rows reopen ``reopen``);
-        ``base`` is copied first unless ``copy`` is False."""
-        state = {k: v.clone() for k, v in base.items()} if copy else dict(base)
-        w = float(self.weights[j])
-        new = new.clone()
-        opening = (new == NEW).nonzero().squeeze(-1)
-        if opening.numel():
-            reuse = reopen[opening]
-            can_reuse = reuse >= 0
-            new[opening[can_reuse]] = reuse[can_reuse]
-            fresh = opening[~can_reuse]
-            if fresh.numel():
-                m = state["count"].numel()
-                new[fresh] = torch.arange(m, m + fresh.numel())
-                d = self.xs64[j].shape[-1]
-                grow = fresh.numel()
-                for key in ("sum", "xbar", "y"):
-                    state[key] = torch.cat([state[key], torch.zeros(grow, d, dtype=torch.float64)])
-                for key in ("weight", "c", "phi"):
-                    state[key] = torch.cat([state[key], torch.zeros(grow, dtype=torch.float64)])
-                state["count"] = torch.cat([state["count"], torch.zeros(grow, dtype=torch.long)])
-        state["sum"].index_add_(0, new, self.xs64[j] * w)
-        state["weight"].index_add_(0, new, torch.full((len(new),), w, dtype=torch.float64))
-        state["count"].index_add_(0, new, torch.ones(len(new), dtype=torch.long))
-        self._refresh(state, new)
-        state["assign"] = new
-        return state
+    def start_from(self, assignments: List[Tensor], num_used: int, num_global: Optional[int] = None) -> None:
+        """Add every client under the given assignments (global indices ``0..num_used-1``);
+        in parametric mode, seed the ``num_global - num_used`` globals no one uses."""
+        if num_used > self.capacity:
+            self._allocate(num_used)
+        for j, a in enumerate(assignments):
+            client = self.source[j]
+            if len(a) != len(client.phi):
+                raise ValueError(
+                    f"init: client {j} has {len(client.phi)} components, its assignment {len(a)}"
+                )
+            a = a.to(self.device)
+            w = float(self.weights[j])
+            self.sum.index_add_(0, a, self.source.coordinates64(client), alpha=w)
+            self.weight.index_add_(0, a, torch.full((len(a),), w, dtype=torch.float64, device=self.device))
+            self.count.index_add_(0, a, torch.ones_like(a))
+            self.local_phi += w * float(client.phi.sum())
+            self.assign[j] = a
+        slots = torch.arange(num_used, device=self.device)
+        xbar = self.sum[:num_used] / self.weight[:num_used].unsqueeze(-1)
+        self._set_duals(slots, xbar, *self.geometry.dual(xbar))
+        self.size = num_used
+        if self.parametric and num_used < num_global:
+            self.seed_globals(num_global, existing=num_used)
 
-    def update(self, j: int) -> bool:
+    # ----- costs -------------------------------------------------------------------------
+    def _refine(
+        self, j: int, cost: Tensor, client: _Client, x64: Tensor, c: Tensor, y_norm: Tensor, dual_of, natural_of
+    ) -> None:
+        """:func:`refine` a cost matrix of client ``j`` (float64 coordinates ``x64``) against
+        columns with terms ``c``, ``y_norm`` and float64 rows ``dual_of(cols)``,
+        ``natural_of(cols)``; only entries that may be below the price matter (all of them
+        in parametric mode)."""
+        try:
+            count = refine(
+                cost, client.phi, c, client.norm, y_norm, self.dim,
+                lambda rows, cols: self.geometry.pair_cost(self.source.rows64(client, rows), natural_of(cols)),
+                below=None if self.parametric else self.price,
+                coordinates=(lambda rows: x64[rows], dual_of),
+            )
+        except ValueError as e:
+            raise ValueError(f"client {j}: {e}") from None
+        self.info["refined_costs"] += count
+
+    def _columns(self, cols: Tensor):
+        """``(c, y_norm, dual_of, natural_of)`` of the current barycenters at ``cols``."""
+        return (
+            self.c[cols], self.y_norm[cols],
+            lambda k: self.y[cols[k]], lambda k: self._global_natural(cols[k]),
+        )
+
+    def _gemm_cost(self, client: _Client, cols: Tensor, block: Optional[Tuple[Tensor, int]]) -> Tensor:
+        """Unrefined costs ``[L, len(cols)]`` against the current barycenters at ``cols``.
+        ``block``: this client's rows of a GEMM against the first ``size0`` slots, valid
+        where no slot is dirty since."""
+        y_w = self.y_w[: self.size]
+        if block is None:
+            gemm = client.x @ y_w.T
+        else:
+            rows, size0 = block
+            gemm = torch.empty(len(client.x), self.size, dtype=self.dtype, device=self.device)
+            gemm[:, :size0] = rows
+            stale = self.dirty[: self.size].nonzero().squeeze(-1)
+            if stale.numel():
+                gemm[:, stale] = client.x @ y_w[stale].T
+        if cols.numel() < self.size:
+            gemm = gemm[:, cols]
+        return (self.c[cols].to(self.dtype) - gemm).add_(client.phi_w.unsqueeze(-1))
+
+    # ----- one client update ---------------------------------------------------------------
+    def update(self, j: int, block: Optional[Tuple[Tensor, int]] = None) -> bool:
         """Re-match client ``j``; returns whether its assignment changed."""
+        client = self.source[j]
         w = float(self.weights[j])
-        x, phi_x = self.xs[j], self.phis[j]
-        current = self._state()
         old = self.assign[j]
-        local_phi = self.local_phi + (0.0 if old is not None else float(w * phi_x.sum()))
-        before = self.objective() if old is not None else None
-        removed = {k: v.clone() for k, v in current.items()}
-        reopen = torch.full((len(x),), NEW, dtype=torch.long)
-        if old is not None:
-            removed["sum"].index_add_(0, old, -self.xs64[j] * w)
-            removed["weight"].index_add_(0, old, torch.full((len(old),), -w, dtype=torch.float64))
-            removed["count"].index_add_(0, old, -torch.ones(len(old), dtype=torch.long))
-            self._refresh(removed, old)
-            if not self.parametric:
-                solo = removed["count"][old] == 0
-                reopen[solo] = old[solo]
-        # candidate: match against the barycenters of the other clients
-        alive = torch.ones_like(removed["count"], dtype=torch.bool) if self.parametric else removed["count"] > 0
-        cols = alive.nonzero().squeeze(-1)
-        cost = KLGeometry.cost(x, phi_x, removed["y"][cols], removed["c"][cols]) * w
-        match = assign_rows(cost, self.price if not self.parametric else None)
-        new = torch.cat([cols, cols.new_tensor([NEW])])[match]  # NEW (-1) picks the last entry
-        if old is not None and torch.equal(torch.where(new == NEW, reopen, new), old):
-            return False  # re-adding the client would rebuild the current state
-        state = self._apply(removed, j, new, reopen)
-        after = self._objective(state, local_phi)
-        if before is not None and after > before:
-            # exact block-coordinate step against the current barycenters
-            cost = KLGeometry.cost(x, phi_x, current["y"], current["c"]) * w
-            if not self.parametric:
-                cost = cost + self.price * (removed["count"] == 0).to(cost.dtype)
-            match = assign_rows(cost, None if self.parametric else self.price)
-            state = self._apply(removed, j, match, reopen, copy=False)
-            after = self._objective(state, local_phi)
-        new = state.pop("assign")
-        for key, value in state.items():
-            setattr(self, key, value)
-        self.local_phi = local_phi
-        self.assign[j] = new
-        if not self.parametric:
-            self._drop_empty()
-            new = self.assign[j]
-        return old is None or not torch.equal(old, new)
+        x64 = self.source.coordinates64(client)
+        cols = self._alive().nonzero().squeeze(-1)
+        cost = self._gemm_cost(client, cols, block)
+        c, y_norm, dual_of, natural_of = self._columns(cols)
+        price = None if self.parametric else self.price
+        if old is None:
+            self._refine(j, cost, client, x64, c, y_norm, dual_of, natural_of)
+            new = self._slots(assign_rows(cost.cpu(), price), cols, None)
+            self._commit(j, self._move(client, x64, w, None, new))
+            return True
 
-    def _drop_empty(self) -> None:
-        keep = self.count > 0
-        if bool(keep.all()):
-            return
-        remap = torch.cumsum(keep.long(), 0) - 1
-        for key in self._KEYS:
-            setattr(self, key, getattr(self, key)[keep])
-        self.assign = [None if a is None else remap[a] for a in self.assign]
+        # candidate: match against the barycenters of the other clients, in the columns of
+        # the client's own globals (their current costs are kept for the exact step)
+        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
+        position[cols] = torch.arange(cols.numel(), device=self.device)
+        at = position[old]
+        current = cost[:, at]
+        stays = self.count[old] > 1
+        if bool(stays.any()):
+            kept = stays.nonzero().squeeze(-1)
+            xbar = (self.sum[old[kept]] - w * x64[kept]) / (self.weight[old[kept]] - w).unsqueeze(-1)
+            y, c_left, _ = self.geometry.dual(xbar)
+            cost[:, at[kept]] = KLGeometry.cost(client.x, client.phi_w, y.to(self.dtype), c_left)
+            c, y_norm = c.clone(), y_norm.clone()
+            c[at[kept]] = c_left
+            y_norm[at[kept]] = torch.linalg.vector_norm(y, dim=-1)
+            left = torch.full((cols.numel(),), -1, dtype=torch.long, device=self.device)
+            left[at[kept]] = torch.arange(kept.numel(), device=self.device)
+            dual_of = _overriding(dual_of, left, y)
+            natural_of = _overriding(natural_of, left, xbar if self.geometry.direction == "reverse" else y)
+        self._refine(j, cost, client, x64, c, y_norm, dual_of, natural_of)
+        reopen = None
+        if not self.parametric:
+            reopen = torch.where(stays, torch.full_like(old, NEW), old)
+            cost[:, at[~stays]] = float("inf")  # closed without this client
+        new = self._slots(assign_rows(cost.cpu(), price), cols, reopen)
+        if self._same(client, old, new):
+            return False
+        move = self._move(client, x64, w, old, new)
+        if not move.delta < -move.noise:
+            # exact block-coordinate step against the current barycenters, where a global
+            # this client uses alone costs the price on top
+            self._refine(j, current, client, x64, *self._columns(cols[at]))
+            cost[:, at] = current
+            if not self.parametric:
+                cost[:, at[~stays]] += self.price
+            new = self._slots(assign_rows(cost.cpu(), price), cols, reopen)
+            if self._same(client, old, new):
+                return False
+            move = self._move(client, x64, w, old, new)
+            if not move.delta < -move.noise:
+                return False
+            self.info["exact_steps"] += 1
+        self._commit(j, move)
+        self.recorded += move.delta
+        self.info["updates"] += 1
+        return True
+
+    def _slots(self, match: Tensor, cols: Tensor, reopen: Optional[Tensor]) -> Tensor:
+        """Slots of an :func:`assign_rows` result over ``cols``; ``NEW`` rows reopen the
+        slot in ``reopen`` (a global only this client used) or stay ``NEW``."""
+        match = match.to(self.device)
+        new = torch.cat([cols, cols.new_tensor([NEW])])[match]  # NEW (-1) picks the last entry
+        if reopen is not None:
+            new = torch.where(new == NEW, reopen, new)
+        return new
+
+    @staticmethod
+    def _same(client: _Client, old: Tensor, new: Tensor) -> bool:
+        """Whether ``new`` gives the same state as ``old``: equal, or exchanging identical
+        components of the client."""
+        moved = (old != new).nonzero().squeeze(-1)
+        if moved.numel() == 0:
+            return True
+        if bool((new[moved] == NEW).any()):
+            return False
+        old_sorted, old_order = old[moved].sort()
+        new_sorted, new_order = new[moved].sort()
+        if not torch.equal(old_sorted, new_sorted):
+            return False
+        natural = client.natural
+        return torch.equal(natural[moved[old_order].to(natural.device)], natural[moved[new_order].to(natural.device)])
+
+    def _move(self, client: _Client, x64: Tensor, w: float, old: Optional[Tensor], new: Tensor) -> _Move:
+        """The rows ``new`` would write and the change of ``F``; ``NEW`` rows get free slots."""
+        fresh = new == NEW
+        if bool(fresh.any()):
+            new = new.clone()
+            new[fresh] = self._free_slots(int(fresh.sum()))
+        touched = new if old is None else torch.cat([old, new])
+        touched = touched.unique()
+        total = self.sum[touched]
+        weight = self.weight[touched]
+        count = self.count[touched]
+        ones = torch.ones(len(new), dtype=torch.long, device=self.device)
+        if old is not None:
+            at = torch.searchsorted(touched, old)
+            total = total.index_add(0, at, x64, alpha=-w)
+            weight = weight.index_add(0, at, torch.full_like(x64[:, 0], -w))
+            count = count.index_add(0, at, -ones)
+        at = torch.searchsorted(touched, new)
+        total = total.index_add(0, at, x64, alpha=w)
+        weight = weight.index_add(0, at, torch.full_like(x64[:, 0], w))
+        count = count.index_add(0, at, ones)
+        live = count > 0
+        total[~live] = 0
+        weight[~live] = 0
+        was = self.count[touched] > 0
+        before = self.weight[touched][was] * self.phi[touched][was]
+        xbar = total[live] / weight[live].unsqueeze(-1)
+        duals = (xbar, *self.geometry.dual(xbar))
+        after = weight[live] * duals[3]
+        delta = -(float(after.sum()) - float(before.sum()))
+        if not self.parametric:
+            delta += self.price * (int(live.sum()) - int(was.sum()))
+        if old is None:
+            delta += w * float(client.phi.sum())
+        noise = DECREASE_TOL * (float(before.abs().sum()) + float(after.abs().sum()))
+        return _Move(new, touched, total, weight, count, duals, delta, noise)
+
+    def _commit(self, j: int, move: _Move) -> None:
+        old = self.assign[j]
+        if old is None:
+            self.local_phi += float(self.weights[j]) * float(self.source[j].phi.sum())
+        touched = move.touched
+        self.sum[touched] = move.sum
+        self.weight[touched] = move.weight
+        self.count[touched] = move.count
+        live = move.count > 0
+        self._set_duals(touched[live], *move.duals)
+        if not self.parametric:
+            self.phi[touched[~live]] = 0
+        self.size = max(self.size, int(touched.max()) + 1)
+        self.assign[j] = move.new
+
+    # ----- sweeps --------------------------------------------------------------------------
+    def _blocks(self, order) -> Iterator[List[int]]:
+        """Consecutive clients of ``order`` with about :data:`BLOCK_ROWS` components
+        together (one client at a time for streamed clients)."""
+        block, rows = [], 0
+        for j in order:
+            block.append(int(j))
+            rows += len(self.source[int(j)].phi) if self.source.keep else BLOCK_ROWS
+            if rows >= BLOCK_ROWS:
+                yield block
+                block, rows = [], 0
+        if block:
+            yield block
+
+    def sweep(self, order, record: Optional[List[float]] = None) -> bool:
+        """Update every client in ``order``; appends ``F`` after each update to ``record``."""
+        changed = False
+        for block in self._blocks(order):
+            gemm, size0 = None, self.size
+            if len(block) > 1 and self.size:
+                x = torch.cat([self.source[j].x for j in block])
+                gemm = x @ self.y_w[:size0].T
+                self.dirty[:size0] = False
+            start = 0
+            for j in block:
+                rows = len(self.source[j].phi)
+                part = None if gemm is None else (gemm[start : start + rows], size0)
+                changed |= self.update(j, part)
+                start += rows
+                if record is not None:
+                    record.append(self.recorded)
+        return changed
+
+    # ----- results ---------------------------------------------------------------------------
+    def result_parts(self):
+        """``(natural [M, d] float64 in the clients' frame, assignments, support, costs)``
+        over the globals in use, in slot order."""
+        alive = self._alive()
+        slots = alive.nonzero().squeeze(-1)
+        index = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
+        index[slots] = torch.arange(slots.numel(), device=self.device)
+        back = [None if s is None else -s for s in self.source.shifts]
+        natural = self.geometry.translate(self._global_natural(slots), back)
+        costs = []
+        for j, a in enumerate(self.assign):
+            client = self.source[j]
+            x64 = self.source.coordinates64(client)
+            y = self.y[a]
+            cost = (client.phi + self.c[a] - torch.linalg.vecdot(x64, y)).unsqueeze(-1)
+            refine(  # all entries: these are reported
+                cost, client.phi, self.c[a].unsqueeze(-1), torch.linalg.vector_norm(x64, dim=-1),
+                self.y_norm[a].unsqueeze(-1), self.dim,
+                lambda rows, _: self.geometry.pair_cost(self.source.rows64(client, rows), self._global_natural(a[rows])),
+            )
+            costs.append(cost.squeeze(-1).cpu())
+        assignments = [index[a].cpu() for a in self.assign]
+        return natural, assignments, self.count[slots].cpu(), costs
 
 
 def default_price(
@@ -299,6 +716,9 @@ def default_price(
       mixtures and HMMs, whose posteriors sharpen with data: 4 of 10 vs 6 of 10 exact
       counts on the paper's mixture simulation, ``benchmarks/gmm_paper.py``.)
 
+    Either way at least :data:`COST_FLOOR` (a client whose two closest components coincide
+    would otherwise price new components at 0, or below it by rounding).
+
     :param list clients: the clients' :class:`Components`.
     :param Tensor weights: client weights (normalised to mean 1), default uniform.
     :param str direction: the KL direction of the cost.
@@ -314,7 +734,7 @@ def default_price(
                 for name, f in client.fields.items()
             )
             values.append(w[j] * kl)
-        return float(torch.cat(values).median())
+        return max(float(torch.cat(values).median()), COST_FLOOR)
     geometry = KLGeometry(families, direction)
     minima = []
     for j, client in enumerate(clients):
@@ -330,7 +750,7 @@ def default_price(
             "cannot derive a default price: no client has two components and no prior was "
             "given; pass price=... or prior=..."
         )
-    return float(torch.stack(minima).median())
+    return max(float(torch.stack(minima).median()), COST_FLOOR)
 
 
 #: default ``multiple`` of :func:`spread_price`
@@ -446,6 +866,44 @@ def _member_cost_median(
     return max(float(costs.median()), COST_FLOOR)
 
 
+
+def _init_assignments(init, num_clients: int) -> Tuple[List[Tensor], int]:
+    """Validated warm-start assignments, global indices renumbered ``0..M-1`` in order."""
+    assignments = init.assignments if isinstance(init, FusionResult) else init
+    if isinstance(assignments, Tensor) or not isinstance(assignments, Sequence) or len(assignments) != num_clients:
+        raise ValueError(
+            f"init: expected a FusionResult or a list of {num_clients} assignments (one per client), "
+            f"got {type(init).__name__}" + (f" of length {len(assignments)}" if isinstance(assignments, Sequence) else "")
+        )
+    out = []
+    for j, a in enumerate(assignments):
+        a = torch.as_tensor(a)
+        if a.dim() != 1 or a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+            raise ValueError(
+                f"init: client {j}: expected a 1-D integer tensor of global indices, got {a.dtype} "
+                f"of shape {tuple(a.shape)}"
+            )
+        a = a.long().cpu()
+        if a.numel() and int(a.min()) < 0:
+            raise ValueError(f"init: client {j}: negative global index {int(a.min())}")
+        if a.unique().numel() != a.numel():
+            raise ValueError(f"init: client {j} assigns two of its components to one global component")
+        out.append(a)
+    used = torch.cat(out).unique()
+    index = torch.full((int(used.max()) + 1 if used.numel() else 0,), -1, dtype=torch.long)
+    index[used] = torch.arange(used.numel())
+    return [index[a] for a in out], used.numel()
+
+
+def _rule_price(price: float, rule: str) -> float:
+    if not (price > 0 and np.isfinite(price)):
+        raise ValueError(
+            f"the {rule} price rule gave {price}; a price must be positive and finite "
+            "(pass price=... or check the clients' parameters)"
+        )
+    return float(price)
+
+
 def fuse(
     clients: Sequence[Components],
     weights: Union[Sequence[float], Tensor, None] = None,
@@ -458,6 +916,9 @@ def fuse(
     max_sweeps: int = 100,
     seed: int = 0,
     dtype: Optional[torch.dtype] = None,
+    init: Union[FusionResult, Sequence[Tensor], None] = None,
+    device: Union[str, torch.device, None] = None,
+    num_threads: Optional[int] = 1,
 ) -> FusionResult:
     """
     Fuse the components of several clients into global components (KL-fusion).
@@ -470,15 +931,22 @@ def fuse(
         >>> result = fuse([a, b], price=5.0)
         >>> result.num_global, result.assignments[1].tolist()
         (3, [1, 2])
+        >>> again = fuse([a, b], price=5.0, init=result)  # warm start: one sweep, no change
+        >>> again.iterations, again.converged, again.assignments[1].tolist()
+        (1, True, [1, 2])
 
     :param list clients: one :class:`Components` per client (``L_j >= 1`` each, same fields).
+        A list or tuple is held in memory; any other sequence (e.g. :class:`LazyClients`)
+        is read item by item whenever a client is visited and nothing of it is kept, so
+        fusion holds the global model and one client's components at a time.
     :param weights: positive client weights, e.g. data sizes (normalised to mean 1).
     :param str direction: ``"reverse"`` minimises ``sum KL(global || local)`` with
         natural-parameter averaging; ``"forward"`` minimises ``sum KL(local || global)`` with
         moment matching.
     :param int num_global: parametric mode: this many global components, no new ones.
     :param price: nonparametric mode: price of a global component, or ``"spread"``
-        for :func:`spread_price` (default :func:`default_price`).
+        for :func:`spread_price` (default :func:`default_price`). A rule that gives a
+        non-finite or non-positive price is an error.
     :param Components prior: one prior component; sets the default price and is needed by
         ``combine="product"``.
     :param str combine: ``"average"`` (the barycenter) or ``"product"``: after matching,
@@ -486,17 +954,37 @@ def fuse(
         ``g``, the exact posterior given every client's data when all used ``prior``.
     :param int max_sweeps: maximum number of sweeps over the clients.
     :param int seed: seed of the client order (and of the parametric initialisation).
-    :param torch.dtype dtype: working dtype of the cost matrices (default: the clients').
+    :param torch.dtype dtype: working dtype of the cost matrices (default: the clients';
+        client 0's for streamed clients). Per-global sums and the objective are float64.
+    :param init: warm start: a previous :class:`FusionResult` of the same clients (or one
+        LongTensor of global indices per client). Fusion starts from that assignment
+        instead of adding the clients one by one; from a converged result with the same
+        price it converges after one sweep. Useful for price searches and for clients
+        whose parameters changed a little since. In parametric mode, globals that no
+        client uses are seeded as in a cold start.
+    :param device: where cost matrices and barycenters are computed (default: client 0's
+        device); clients may live on any device. The assignment runs on the CPU.
+    :param int num_threads: intra-op CPU threads while fusing (default 1: the per-client
+        work is small and extra threads mostly wait, however ``OMP_WAIT_POLICY`` is set;
+        None keeps the caller's setting, which is restored afterwards either way).
     """
     check_direction(direction)
     if combine not in COMBINES:
         raise ValueError(f"unknown combine {combine!r}; expected one of {COMBINES}")
-    clients = list(clients)
-    _check_clients(clients)
+    in_memory = isinstance(clients, (list, tuple)) or not isinstance(clients, Sequence)
+    if not isinstance(clients, Sequence):
+        clients = list(clients)
+    if len(clients) == 0:
+        raise ValueError("fuse needs at least one client")
+    if in_memory:
+        _check_clients(clients)
     w = client_weights(weights, len(clients))
-    families = clients[0].families
+    first = clients[0]
+    if not in_memory:
+        _check_client(0, first, first)
+    families = first.families
     if prior is not None:
-        _check_clients([clients[0], prior])
+        _check_clients([first, prior])
         if len(prior) != 1:
             raise ValueError(f"prior must be one component, got {len(prior)}")
     if combine == "product" and prior is None:
@@ -504,54 +992,64 @@ def fuse(
     if num_global is not None:
         if num_global < 1 or int(num_global) != num_global:
             raise ValueError(f"num_global must be a positive integer, got {num_global}")
-        for j, client in enumerate(clients):
-            if len(client) > num_global:
-                raise ValueError(
-                    f"client {j} has {len(client)} components, more than num_global={num_global}"
-                )
         price = None
-    elif price is None:
-        price = default_price(clients, w, direction, prior)
     elif isinstance(price, str):
         if price != "spread":
             raise ValueError(f'unknown price rule {price!r}; expected a number or "spread"')
-        price = spread_price(clients, w, direction, seed=seed)
-    elif not (price > 0 and np.isfinite(price)):
+    elif price is not None and not (price > 0 and np.isfinite(price)):
         raise ValueError(f"price must be positive and finite, got {price}")
     if dtype is None:
-        dtype = clients[0].dtype
-        for client in clients:
+        dtype = first.dtype
+        for client in clients if in_memory else ():
             dtype = torch.promote_types(dtype, client.dtype)
-
+    device = torch.device(device) if device is not None else next(iter(first.fields.values())).natural.device
+    del first
     geometry = KLGeometry(families, direction)
-    xs64 = [geometry.coordinates(c.concat().double()) for c in clients]
-    phis = [geometry.potential(x) for x in xs64]
-    rng = np.random.default_rng(seed)
-    state = _FusionState(geometry, xs64, dtype, phis, w, price, num_global, rng)
-    for j in rng.permutation(len(clients)):
-        state.update(int(j))
-    objective = [state.objective()]
-    converged, sweeps = False, 0
-    while sweeps < max_sweeps and not converged:
-        sweeps += 1
-        changed = False
-        for j in rng.permutation(len(clients)):
-            changed |= state.update(int(j))
-            objective.append(state.objective())
-        converged = not changed
+    source = _ClientSource(clients, geometry, dtype, device, keep=in_memory, max_components=num_global)
+    start = None
+    if init is not None:
+        start = _init_assignments(init, len(clients))
+        if num_global is not None and start[1] > num_global:
+            raise ValueError(f"init uses {start[1]} global components, more than num_global={num_global}")
+    if in_memory:
+        for j in range(len(clients)):
+            client = source[j]  # checks every client before any work
+            if start is not None and len(start[0][j]) != len(client.phi):
+                raise ValueError(
+                    f"init: client {j} has {len(client.phi)} components, its assignment {len(start[0][j])}"
+                )
+    if num_global is None and price is None:
+        price = _rule_price(default_price(clients, w, direction, prior), "default")
+    elif price == "spread":
+        price = _rule_price(spread_price(clients, w, direction, seed=seed), "spread")
 
-    support = state.count.clone()
+    with _intra_op_threads(num_threads):
+        rng = np.random.default_rng(seed)
+        state = _FusionState(geometry, source, w, price, num_global, rng)
+        if start is None:
+            if num_global is not None:
+                state.seed_globals(num_global)
+            state.sweep(rng.permutation(len(clients)))
+        else:
+            state.start_from(*start, num_global)
+        state.recorded = state.objective()
+        objective = [state.recorded]
+        converged, sweeps = False, 0
+        while sweeps < max_sweeps and not converged:
+            sweeps += 1
+            converged = not state.sweep(rng.permutation(len(clients)), objective)
+        natural, assignments, support, costs = state.result_parts()
+
     if combine == "product":
-        natural = _product(clients, state.assign, prior, support.numel())
-    else:
-        natural = geometry.natural(state.xbar)
-    global_components = clients[0].with_natural(natural.to(dtype))
+        natural = _product(clients, assignments, prior, support.numel(), device)
+    chunks = natural.to(dtype).split(geometry.sizes, -1)
+    global_components = Components({n: (f, c) for (n, f), c in zip(families.items(), chunks)})
     if combine == "product":
         global_components.check("combine='product' (the product of posteriors is not a valid "
                                 "distribution; use combine='average')")
     return FusionResult(
         components=global_components,
-        assignments=[a.clone() for a in state.assign],
+        assignments=assignments,
         support=support,
         objective=objective,
         iterations=sweeps,
@@ -559,14 +1057,17 @@ def fuse(
         price=price,
         direction=direction,
         combine=combine,
+        info=dict(state.info),
+        costs=costs,
     )
 
 
-def _product(clients, assignments, prior: Components, num_global: int) -> Tensor:
-    eta0 = prior.concat().double()
-    total = torch.zeros(num_global, eta0.shape[-1], dtype=torch.float64)
-    count = torch.zeros(num_global, dtype=torch.float64)
+def _product(clients, assignments, prior: Components, num_global: int, device) -> Tensor:
+    eta0 = prior.concat().to(device=device, dtype=torch.float64)
+    total = torch.zeros(num_global, eta0.shape[-1], dtype=torch.float64, device=device)
+    count = torch.zeros(num_global, dtype=torch.float64, device=device)
     for client, a in zip(clients, assignments):
-        total.index_add_(0, a, client.concat().double())
-        count.index_add_(0, a, torch.ones(len(a), dtype=torch.float64))
+        a = a.to(device)
+        total.index_add_(0, a, client.concat().to(device=device, dtype=torch.float64))
+        count.index_add_(0, a, torch.ones(len(a), dtype=torch.float64, device=device))
     return total - (count - 1).unsqueeze(-1) * eta0
