@@ -15,7 +15,7 @@ from .barycenter import barycenter
 from .components import Components, Field
 from .cost import KLGeometry, kl_cost_matrix
 from .deprecation import moved
-from .fusion import FusionResult, default_price, fuse, spread_price
+from .fusion import FusionResult, LazyClients, default_price, fuse, spread_price
 from .io import load_components, save_components
 from .posterior import FusedPosterior, GuidePosterior
 from .priors import FusedPrior, PosteriorPrior
@@ -36,6 +36,7 @@ __all__ = [
     "GuidePosterior",
     "KLGeometry",
     "Layout",
+    "LazyClients",
     "PosteriorPrior",
     "Price",
     "barycenter",

@@ -154,6 +154,34 @@ def test_kl_matches_torch(name, ev):
     assert torch.allclose(ours, kl_divergence(p, q), rtol=1e-6, atol=1e-6)
 
 
+LOCATION_CASES = [case for case in CASE_IDS if case.values[0] in ("normal", "point_mass", "mvn")]
+
+
+@pytest.mark.parametrize("name,ev", LOCATION_CASES)
+def test_translation_moves_the_location_and_keeps_kl(name, ev):
+    fam, p = make(name, ev, (5,))
+    _, q = make(name, ev, (5,))
+    eta_p, eta_q = fam.natural_from_distribution(p), fam.natural_from_distribution(q)
+    loc = fam.location(eta_p)
+    assert loc.shape == (5, max(1, math.prod(ev)))
+    torch.testing.assert_close(loc.reshape(p.mean.shape), p.mean)
+    shift = torch.randn(loc.shape[-1], dtype=torch.float64) * 100
+    moved_p, moved_q = fam.translate(eta_p, shift), fam.translate(eta_q, shift)
+    torch.testing.assert_close(fam.location(moved_p), loc - shift)
+    torch.testing.assert_close(fam.kl(moved_p, moved_q), fam.kl(eta_p, eta_q), rtol=1e-9, atol=1e-9)
+    # the same distribution, moved: only the location changes
+    torch.testing.assert_close(fam.translate(moved_p, -shift), eta_p)
+
+
+@pytest.mark.parametrize("name,ev", [case for case in CASE_IDS if case not in LOCATION_CASES])
+def test_families_without_location(name, ev):
+    fam, p = make(name, ev, (3,))
+    eta = fam.natural_from_distribution(p)
+    assert fam.location(eta) is None
+    with pytest.raises(NotImplementedError, match="no location"):
+        fam.translate(eta, torch.zeros(1))
+
+
 @pytest.mark.filterwarnings("ignore:Low df values")  # torch's Wishart warns for D - 1 < nu < D
 @pytest.mark.parametrize("name,ev", [("mvn", (2, 3)), ("normal_wishart", (2,)), ("normal_wishart", (2, 3))])
 def test_kl_monte_carlo(name, ev):

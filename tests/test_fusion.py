@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 import torch
-from torch.distributions import Normal
+from torch.distributions import Normal, kl_divergence
 
 from pyro_fusion import Components, FusionResult, barycenter, default_price, fuse, kl_cost_matrix, spread_price
 from pyro_fusion.expfam import DiagNormal, PointMass
@@ -493,3 +493,271 @@ def test_fusion_docstring_examples():
 
     result = doctest.testmod(pyro_fusion.fusion, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0
+
+
+# ----- warm starts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("num_global", [None, 12])
+def test_warm_start_from_a_converged_result_takes_one_sweep(direction, num_global):
+    problem = gaussian_atoms_problem(10, 6, 3, noise=0.3, posterior_scale=0.3, seed=2, dtype=torch.float64)
+    kwargs = dict(direction=direction, num_global=num_global, price=None if num_global else 20.0)
+    cold = fuse(problem.clients, **kwargs)
+    assert cold.converged
+    warm = fuse(problem.clients, init=cold, **kwargs)
+    assert warm.iterations == 1 and warm.converged and warm.info["updates"] == 0
+    for a, b in zip(warm.assignments, cold.assignments):
+        assert torch.equal(a, b)
+    assert warm.objective[0] == pytest.approx(cold.objective[-1], rel=1e-12)
+    assert_objective_never_increases(warm)
+    # a list of assignments with any global labels (here shifted, with gaps) is the same start
+    relabelled = fuse(problem.clients, init=[3 * a + 100 for a in cold.assignments], **kwargs)
+    for a, b in zip(relabelled.assignments, cold.assignments):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("factor", [0.05, 20.0])
+def test_warm_start_after_a_price_change(direction, factor):
+    problem = gaussian_atoms_problem(
+        15, 8, 2, noise=1.0, posterior_scale=0.7, atom_scale=2.0, seed=1, dtype=torch.float64
+    )
+    price = default_price(problem.clients, direction=direction)
+    first = fuse(problem.clients, direction=direction, price=price)
+    warm = fuse(problem.clients, direction=direction, price=factor * price, init=first)
+    assert warm.converged
+    assert_objective_never_increases(warm)
+    _check_result_consistent(problem.clients, warm)
+    assert (warm.num_global < first.num_global) == (factor > 1)
+
+
+def test_warm_start_parametric_seeds_unused_globals():
+    problem = gaussian_atoms_problem(6, 5, 2, atom_scale=10.0, seed=1, dtype=torch.float64)
+    start = [torch.arange(len(c)) for c in problem.clients]
+    used = len(torch.cat(start).unique())
+    result = fuse(problem.clients, num_global=used + 2, init=start)
+    assert result.num_global == used + 2
+    assert_objective_never_increases(result)
+    spread = [torch.arange(len(c)) + 2 * j for j, c in enumerate(problem.clients)]
+    used = len(torch.cat(spread).unique())
+    with pytest.raises(ValueError, match=f"init uses {used} global components, more than num_global={used - 1}"):
+        fuse(problem.clients, num_global=used - 1, init=spread)
+
+
+@pytest.mark.parametrize(
+    "init, match",
+    [
+        (lambda a: a[:-1], "init: expected a FusionResult or a list of 3 assignments"),
+        (lambda a: torch.zeros(3, 2), "init: expected a FusionResult or a list of 3 assignments"),
+        (lambda a: [a[0], a[1].double(), a[2]], "init: client 1: expected a 1-D integer tensor"),
+        (lambda a: [a[0], a[1], a[2] - 10], "init: client 2: negative global index"),
+        (lambda a: [a[0], torch.zeros_like(a[1]), a[2]], "init: client 1 assigns two of its components"),
+        (lambda a: [a[0], a[1][:1], a[2]], "init: client 1 has 2 components, its assignment 1"),
+    ],
+)
+def test_bad_warm_starts(init, match):
+    clients = _good() + [normal_client(torch.full((2, 3), 2.0), 1.0)]
+    start = [torch.arange(2), torch.arange(2), torch.arange(2)]
+    with pytest.raises(ValueError, match=match):
+        fuse(clients, price=1.0, init=init(start))
+
+
+# ----- convergence, costs, threads -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_duplicated_components_converge(direction):
+    # every client holds one component twice: exchanging the two copies changes nothing
+    gen = torch.Generator().manual_seed(0)
+    clients = []
+    for j in range(5):
+        loc = torch.randn(3, 2, generator=gen, dtype=torch.float64) + torch.tensor([[0.0, 0], [9, 0], [9, 0]])
+        loc[2] = loc[1]
+        clients.append(normal_client(loc, 0.5))
+    result = fuse(clients, direction=direction, price=5.0)
+    assert result.converged and result.iterations <= 3
+    assert_objective_never_increases(result)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("combine", ["average", "product"])
+def test_costs_are_the_objective(direction, combine):
+    problem = gaussian_atoms_problem(8, 5, 2, noise=0.3, posterior_scale=0.3, seed=3, dtype=torch.float64)
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    prior = normal_client(torch.zeros(1, 2), 100.0)
+    result = fuse(problem.clients, weights, direction=direction, price=10.0, prior=prior, combine=combine)
+    w = weights / weights.mean()
+    total = sum(float(w[j] * c.sum()) for j, c in enumerate(result.costs))
+    assert result.objective[-1] == pytest.approx(total + 10.0 * result.num_global, rel=1e-9)
+    if combine == "average":  # against the returned components
+        for client, a, cost in zip(problem.clients, result.assignments, result.costs):
+            full = kl_cost_matrix(client, result.components, direction)
+            torch.testing.assert_close(cost, full[torch.arange(len(a)), a])
+
+
+def test_num_threads_is_restored():
+    problem = gaussian_atoms_problem(6, 3, 2, seed=0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fuse(problem.clients, price=1.0)
+        assert torch.get_num_threads() == 2
+        fuse(problem.clients, price=1.0, num_threads=None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_blocks_give_the_sequential_result(monkeypatch):
+    """Matching in-memory clients in blocks (one GEMM, dirty columns refreshed) is exactly
+    the client-by-client computation."""
+    import pyro_fusion.fusion as engine
+
+    problem = gaussian_atoms_problem(30, 40, 3, noise=0.5, posterior_scale=0.3, atom_scale=3.0, seed=5)
+    blocked = fuse(problem.clients, price=3.0)
+    monkeypatch.setattr(engine, "BLOCK_ROWS", 1)
+    single = fuse(problem.clients, price=3.0)
+    assert blocked.iterations == single.iterations > 1
+    for a, b in zip(blocked.assignments, single.assignments):
+        assert torch.equal(a, b)
+    assert blocked.objective == pytest.approx(single.objective, rel=1e-6)
+
+
+# ----- streamed clients and devices ----------------------------------------------------------
+
+
+def test_lazy_clients_are_read_one_at_a_time():
+    import weakref
+
+    from pyro_fusion import LazyClients
+
+    problem = gaussian_atoms_problem(10, 6, 3, noise=0.3, posterior_scale=0.3, seed=4, dtype=torch.float64)
+    alive, peak, reads = set(), [0], [0]
+
+    def load(j):
+        client = Components({"loc": (problem.clients[j]["loc"].family, problem.clients[j]["loc"].natural.clone())})
+        key = object()
+        alive.add(key)
+        weakref.finalize(client, alive.discard, key)
+        peak[0] = max(peak[0], len(alive))
+        reads[0] += 1
+        return client
+
+    for direction in DIRECTIONS:
+        streamed = fuse(LazyClients(range(6), load), direction=direction, price=20.0)
+        held = fuse(problem.clients, direction=direction, price=20.0)
+        assert streamed.num_global == held.num_global
+        for a, b in zip(streamed.assignments, held.assignments):
+            assert torch.equal(a, b)
+        assert streamed.objective == pytest.approx(held.objective, rel=1e-9)
+    assert peak[0] <= 2  # the client being matched, and at most one not yet collected
+    assert reads[0] > 2 * 6  # read again on every visit
+
+
+def test_lazy_clients_are_checked_when_read():
+    from pyro_fusion import LazyClients
+
+    clients = _good() + [_with_eta(torch.full((2, 6), float("nan")))]
+    with pytest.raises(ValueError, match="client 2, field 'loc'.*NaN"):
+        fuse(LazyClients(clients, lambda c: c), price=1.0)
+    with pytest.raises(ValueError, match="client 1 has 3 components, more than num_global=2"):
+        fuse(LazyClients([clients[0], normal_client(torch.zeros(3, 3), 1.0)], lambda c: c), num_global=2)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_device_option_on_cpu(direction):
+    problem = gaussian_atoms_problem(8, 4, 2, seed=0)
+    default = fuse(problem.clients, direction=direction, price=5.0)
+    explicit = fuse(problem.clients, direction=direction, price=5.0, device="cpu")
+    assert explicit.components.concat().device.type == "cpu"
+    torch.testing.assert_close(explicit.components.concat(), default.components.concat())
+    assert explicit.objective == default.objective
+
+
+# ----- numerics --------------------------------------------------------------------------------
+
+
+def far_problem(ratio, dim, mode, seed=0, num_atoms=8, num_clients=6):
+    """Atoms ``ratio`` scales from the origin (a shared offset, or spread that far); versions
+    of one atom 1 nat apart."""
+    gen = torch.Generator().manual_seed(seed)
+    if mode == "offset":
+        atoms = ratio + 20 * torch.randn(num_atoms, dim, generator=gen, dtype=torch.float64)
+    else:
+        atoms = ratio * torch.randn(num_atoms, dim, generator=gen, dtype=torch.float64)
+    locs = []
+    for _ in range(num_clients):
+        keep = torch.randperm(num_atoms, generator=gen)[: num_atoms - 2]
+        locs.append(atoms[keep] + torch.randn(len(keep), dim, generator=gen, dtype=torch.float64) / dim**0.5)
+    return locs
+
+
+@pytest.mark.parametrize("mode", ["offset", "spread"])
+@pytest.mark.parametrize("ratio", [1e2, 1e4, 1e6])
+@pytest.mark.parametrize("dim", [10, 1000])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_float32_cost_matrix_far_from_the_origin(mode, ratio, dim, direction):
+    locs = far_problem(ratio, dim, mode)
+    local = normal_client(locs[0].float(), 1.0, torch.float32)
+    global_ = normal_client(locs[1].float(), 1.05, torch.float32)
+    cost = kl_cost_matrix(local, global_, direction)
+    assert cost.dtype == torch.float32
+    # exact KL of the float32 parameters as stored
+    p = Normal(*(t[:, None] for t in DiagNormal((dim,)).loc_scale(local.concat().double())))
+    q = Normal(*(t[None] for t in DiagNormal((dim,)).loc_scale(global_.concat().double())))
+    exact = kl_divergence(*((q, p) if direction == "reverse" else (p, q))).sum(-1)
+    assert float(((cost.double() - exact).abs() / exact).max()) <= 1e-3
+    assert float(exact.min()) < 10  # close pairs were tested
+
+
+@pytest.mark.parametrize("mode", ["offset", "spread"])
+@pytest.mark.parametrize("ratio", [1e4, 1e6])
+@pytest.mark.parametrize("dim", [10, 1000])
+def test_float32_fusion_far_from_the_origin(mode, ratio, dim):
+    locs = far_problem(ratio, dim, mode)
+    results = [
+        fuse([normal_client(loc.to(dtype), 1.0, dtype) for loc in locs], price=20.0)
+        for dtype in (torch.float32, torch.float64)
+    ]
+    for result in results:
+        assert result.num_global == 8
+        assert_objective_never_increases(result)
+    for a, b in zip(*(r.assignments for r in results)):
+        assert torch.equal(a, b)
+
+
+def _extreme_client(eta):
+    return Components({"loc": (DiagNormal((3,)), eta)})
+
+
+@pytest.mark.parametrize(
+    "bad, dtype",
+    [
+        (torch.tensor([[1e30, -1.0] * 3, [0.0, -1.0] * 3]), torch.float32),  # float32 log-normalizer overflows
+        (torch.tensor([[1e160, -5e9] * 3, [0.0, -1.0] * 3], dtype=torch.float64), torch.float64),
+    ],
+)
+def test_clients_whose_costs_overflow_are_named(bad, dtype):
+    clients = [c.with_natural(c.concat().to(dtype)) for c in _good()] + [_extreme_client(bad)]
+    with pytest.raises(ValueError, match="client 2: component 0 has KL cost terms that are not finite"):
+        fuse(clients, price=1.0)
+    with pytest.raises(ValueError, match="client 2: component 0"):
+        fuse(clients)  # before the default price rule runs
+
+
+def test_a_rule_price_that_is_not_positive_is_an_error(monkeypatch):
+    import pyro_fusion.fusion as engine
+
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        monkeypatch.setattr(engine, "default_price", lambda *args, bad=bad: bad)
+        with pytest.raises(ValueError, match=f"the default price rule gave {bad}"):
+            fuse(_good())
+
+
+def test_default_price_of_identical_components_is_the_floor():
+    client = normal_client(torch.zeros(3, 2, dtype=torch.float32), 1.0, torch.float32)
+    from pyro_fusion.fusion import COST_FLOOR
+
+    assert default_price([client, client]) == COST_FLOOR
+    assert fuse([client, client]).num_global == 3
