@@ -10,7 +10,14 @@ For each event size ``D`` and ``N = M`` components, times
 - ``matmul_seconds``: ``torch.matmul`` of ``[N, 2D] x [2D, M]`` in the same run.
 
 GFLOP/s count ``2 N M (2D)`` flops (the inner products) for all three. Each time is the
-median (``min`` also reported) of ``--repeats`` runs after warm-up. Prints one JSON object.
+median (``min`` also reported) of ``--repeats`` runs after warm-up.
+
+``accuracy``: float32 :func:`~pyro_fusion.kl_cost_matrix` of 50 x 50 Normals far from the
+origin (``|mean| / scale`` up to ``ratio``: a shared offset, or atoms spread that far),
+against the exact KL of the same float32 parameters in float64
+(``torch.distributions.kl_divergence``); half the pairs are versions of one atom, 1 nat
+apart. Reports the largest relative error, the time and the number of entries the matrix
+recomputed in float64 (:func:`~pyro_fusion.cost.refine`). Prints one JSON object.
 Usage: ``python benchmarks/cost_matrix.py [--repeats 15] [--dtype float32] [--threads T]``.
 """
 from __future__ import annotations
@@ -22,12 +29,17 @@ import time
 
 import torch
 from _environment import run_environment
-from torch.distributions import Normal
+from torch.distributions import Normal, kl_divergence
 
+import pyro_fusion.cost
 from pyro_fusion import Components, KLGeometry, kl_cost_matrix
 
 DIMS = (16, 256, 1024)
 SIZES = (100, 1000)
+#: accuracy cases: |mean| / scale, event size, how the means sit far from the origin
+RATIOS = (1.0, 1e2, 1e4, 1e6)
+ACCURACY_DIMS = (10, 1000)
+PLACEMENTS = ("offset", "spread")
 
 
 def timings(fn, repeats: int, warmup: int = 3) -> list:
@@ -77,6 +89,44 @@ def run_case(dim: int, n: int, repeats: int, dtype: torch.dtype) -> dict:
     }
 
 
+def accuracy_case(ratio: float, dim: int, placement: str, repeats: int, n: int = 50) -> dict:
+    gen = torch.Generator().manual_seed(int(dim + ratio) % 2**31)
+    if placement == "offset":
+        atoms = ratio + 20 * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    else:
+        atoms = ratio * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    versions = atoms + torch.randn(n, dim, generator=gen, dtype=torch.float64) / dim**0.5
+    local = Components.from_distributions({"x": Normal(versions.float(), torch.ones(n, dim))})
+    global_ = Components.from_distributions({"x": Normal(atoms.float(), torch.full((n, dim), 1.05))})
+    recomputed = []
+    refine = pyro_fusion.cost.refine
+
+    def counting(*args, **kwargs):
+        recomputed.append(refine(*args, **kwargs))
+        return recomputed[-1]
+
+    pyro_fusion.cost.refine = counting
+    try:
+        times = timings(lambda: kl_cost_matrix(local, global_), repeats, warmup=1)
+        cost = kl_cost_matrix(local, global_).double()
+    finally:
+        pyro_fusion.cost.refine = refine
+    family = local["x"].family
+    p = Normal(*(t[:, None] for t in family.loc_scale(local.concat().double())))
+    q = Normal(*(t[None] for t in family.loc_scale(global_.concat().double())))
+    exact = kl_divergence(q, p).sum(-1)
+    return {
+        "ratio": ratio,
+        "D": dim,
+        "placement": placement,
+        "max_relative_error": float(((cost - exact).abs() / exact).max()),
+        "closest_kl": float(exact.min()),
+        "seconds": statistics.median(times),
+        "recomputed": recomputed[-1],
+        "entries": n * n,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -87,8 +137,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     cases = [run_case(d, n, args.repeats, dtype) for d in DIMS for n in SIZES]
+    accuracy = [
+        accuracy_case(r, d, placement, args.repeats) for r in RATIOS for d in ACCURACY_DIMS for placement in PLACEMENTS
+    ]
     out = {
         "cases": cases,
+        "accuracy": accuracy,
         "dtype": args.dtype,
         "repeats": args.repeats,
         "statistic": "median",

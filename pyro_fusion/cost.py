@@ -168,6 +168,19 @@ class KLGeometry:
         return total
 
 
+def balance(x: Tensor, y: Tensor) -> Tensor:
+    """
+    Per-coordinate scales ``s > 0`` such that ``|x_l * s| |y_g / s|`` bounds
+    ``sum_i |x_li y_gi|`` closely (Cauchy-Schwarz after a rescaling that leaves every inner
+    product unchanged): natural and mean parameters weigh their coordinates very
+    differently, e.g. ``m / s^2`` against ``m^2 + s^2``. Use the norms in :func:`refine`.
+
+    :param Tensor x: ``[N, d]`` rows; ``y``: ``[M, d]`` columns (any rows are enough).
+    """
+    ratio = (y.square().mean(0) / x.square().mean(0)).sqrt().sqrt()
+    return torch.where(torch.isfinite(ratio) & (ratio > 0), ratio, torch.ones_like(ratio))
+
+
 def refine(
     cost: Tensor,
     phi_x: Tensor,
@@ -194,7 +207,7 @@ def refine(
     :param Tensor phi_x: ``[N]`` row terms; ``c``: ``[M]`` column terms (or ``[N, 1]`` for a
         column of paired costs, as ``y_norm``); float64 if ``coordinates`` are given.
     :param Tensor x_norm: ``[N]`` Euclidean norms of the rows' coordinates; ``y_norm``: ``[M]``
-        of the columns' duals.
+        of the columns' duals (both after the rescaling of :func:`balance`).
     :param int dim: length ``d`` of the inner products.
     :param pairs: ``pairs(rows, cols)`` -> float64 costs of those entries, e.g. by
         :meth:`KLGeometry.pair_cost`.
@@ -284,8 +297,10 @@ def kl_cost_matrix(local: Components, global_: Components, direction: str = "rev
     y, c, _ = geometry.dual(x_global)
     phi = geometry.potential(x)
     cost = geometry.cost(x, phi, y, c)
+    scale = balance(x, y)
     refine(
-        cost, phi, c, torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1), x.shape[-1],
+        cost, phi, c, torch.linalg.vector_norm(x * scale, dim=-1), torch.linalg.vector_norm(y / scale, dim=-1),
+        x.shape[-1],
         lambda rows, cols: geometry.pair_cost(eta_local[rows].double(), eta_global[cols].double()),
     )
     return cost

@@ -30,6 +30,7 @@ How the work is shared (the state holds per-global rows, never a copy per client
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from .assignment import NEW, assign_rows
 from .components import Components
-from .cost import KLGeometry, check_direction, refine
+from .cost import KLGeometry, balance, check_direction, refine
 
 COMBINES = ("average", "product")
 #: in-memory clients are matched in blocks of about this many local components (one GEMM each)
@@ -64,8 +65,9 @@ class FusionResult:
     :ivar str direction: ``"reverse"`` or ``"forward"``.
     :ivar str combine: ``"average"`` or ``"product"``.
     :ivar dict info: counters of the run: ``updates`` (client updates that changed an
-        assignment), ``exact_steps`` (of those, by the exact step) and ``refined_costs``
-        (cost entries recomputed in float64, see :func:`~pyro_fusion.cost.refine`).
+        assignment), ``exact_steps`` (of those, by the exact step), ``refined_costs``
+        (cost entries recomputed in float64, see :func:`~pyro_fusion.cost.refine`) and
+        ``rule_seconds`` (time spent in the price rule).
     :ivar list costs: per client, float64 ``[L_j]``: the KL (in ``direction``) between each
         local component and the barycenter of its global, so that
         ``objective[-1] == sum_j w_j costs[j].sum() + price * M``; None for loaded results.
@@ -207,7 +209,8 @@ class _ClientSource:
         self.device = device
         self.keep = keep
         self.max_components = max_components
-        self.shifts: Optional[list] = None
+        self.shifts: Optional[list] = None  # translation of each field (first client read)
+        self.scale: Optional[Tensor] = None  # coordinate scales of the error bounds (first client read)
         self.cache: Dict[int, _Client] = {}
         self.first: Optional[Tuple[int, Components]] = None  # reference for checks
 
@@ -236,6 +239,14 @@ class _ClientSource:
         """:meth:`natural64` of the client's components at ``rows``."""
         return self.natural64(client.natural[rows.to(client.natural.device)])
 
+    def norm(self, x: Tensor) -> Tensor:
+        """Norms of coordinates for the error bounds of :func:`refine`."""
+        return torch.linalg.vector_norm(x * self.scale, dim=-1)
+
+    def dual_norm(self, y: Tensor) -> Tensor:
+        """Norms of duals for the error bounds of :func:`refine`."""
+        return torch.linalg.vector_norm(y / self.scale, dim=-1)
+
     def coordinates64(self, client: _Client) -> Tensor:
         return self.geometry.coordinates(self.natural64(client.natural))
 
@@ -247,7 +258,9 @@ class _ClientSource:
         if self.shifts is None:
             self.shifts = self.geometry.centre(natural.to(device=self.device, dtype=torch.float64))
         x64, phi, y, c = self.geometry.terms(self.natural64(natural))
-        _check_representable(j, x64, phi, y, c, self.dtype)
+        if self.scale is None:
+            self.scale = balance(x64, y)
+        _check_representable(j, phi, c, self.norm(x64), self.dual_norm(y), self.dtype)
         same = (
             self.geometry.direction == "reverse"
             and all(s is None for s in self.shifts)
@@ -255,19 +268,17 @@ class _ClientSource:
             and natural.device == torch.device(self.device)
         )
         x = natural if same else x64.to(self.dtype)
-        norm = torch.linalg.vector_norm(x64, dim=-1)
+        norm = self.norm(x64)
         client = _Client(natural, x, phi, phi.to(self.dtype), norm.to(self.dtype))
         if self.keep:
             self.cache[j] = client
         return client
 
 
-def _check_representable(j: int, x: Tensor, phi: Tensor, y: Tensor, c: Tensor, dtype) -> None:
+def _check_representable(j: int, phi: Tensor, c: Tensor, x_norm: Tensor, y_norm: Tensor, dtype) -> None:
     """Raise naming client ``j`` if its cost terms overflow the working dtype (then its cost
-    matrices would hold inf or NaN)."""
+    matrices would hold inf or NaN); ``x_norm * y_norm`` bounds its inner products."""
     big = torch.finfo(dtype).max
-    x_norm = torch.linalg.vector_norm(x, dim=-1)
-    y_norm = torch.linalg.vector_norm(y, dim=-1)
     terms = torch.stack([phi.abs(), c.abs(), x_norm, y_norm, x_norm * y_norm])
     bad = ~(terms < big).all(0)
     if bad.any():
@@ -386,7 +397,7 @@ class _FusionState:
         self.y_w[slots] = y.to(self.dtype)
         self.c[slots] = c
         self.phi[slots] = phi
-        self.y_norm[slots] = torch.linalg.vector_norm(y, dim=-1)
+        self.y_norm[slots] = self.source.dual_norm(y)
         self.dirty[slots] = True
 
     def _global_natural(self, slots: Tensor) -> Tensor:
@@ -528,7 +539,7 @@ class _FusionState:
             cost[:, at[kept]] = KLGeometry.cost(client.x, client.phi_w, y.to(self.dtype), c_left)
             c, y_norm = c.clone(), y_norm.clone()
             c[at[kept]] = c_left
-            y_norm[at[kept]] = torch.linalg.vector_norm(y, dim=-1)
+            y_norm[at[kept]] = self.source.dual_norm(y)
             left = torch.full((cols.numel(),), -1, dtype=torch.long, device=self.device)
             left[at[kept]] = torch.arange(kept.numel(), device=self.device)
             dual_of = _overriding(dual_of, left, y)
@@ -688,7 +699,7 @@ class _FusionState:
             y = self.y[a]
             cost = (client.phi + self.c[a] - torch.linalg.vecdot(x64, y)).unsqueeze(-1)
             refine(  # all entries: these are reported
-                cost, client.phi, self.c[a].unsqueeze(-1), torch.linalg.vector_norm(x64, dim=-1),
+                cost, client.phi, self.c[a].unsqueeze(-1), self.source.norm(x64),
                 self.y_norm[a].unsqueeze(-1), self.dim,
                 lambda rows, _: self.geometry.pair_cost(self.source.rows64(client, rows), self._global_natural(a[rows])),
             )
@@ -964,10 +975,19 @@ def fuse(
         client uses are seeded as in a cold start.
     :param device: where cost matrices and barycenters are computed (default: client 0's
         device); clients may live on any device. The assignment runs on the CPU.
-    :param int num_threads: intra-op CPU threads while fusing (default 1: the per-client
-        work is small and extra threads mostly wait, however ``OMP_WAIT_POLICY`` is set;
-        None keeps the caller's setting, which is restored afterwards either way).
+    :param int num_threads: intra-op CPU threads while fusing, the price rule included
+        (default 1: the per-client work is small and extra threads mostly wait, however
+        ``OMP_WAIT_POLICY`` is set; None keeps the caller's setting, which is restored
+        afterwards either way).
     """
+    with _intra_op_threads(num_threads):
+        return _fuse(
+            clients, weights, direction, num_global, price, prior, combine, max_sweeps, seed, dtype, init, device
+        )
+
+
+def _fuse(clients, weights, direction, num_global, price, prior, combine, max_sweeps, seed, dtype, init, device):
+    """:func:`fuse` with the thread setting in place."""
     check_direction(direction)
     if combine not in COMBINES:
         raise ValueError(f"unknown combine {combine!r}; expected one of {COMBINES}")
@@ -1018,27 +1038,27 @@ def fuse(
                 raise ValueError(
                     f"init: client {j} has {len(client.phi)} components, its assignment {len(start[0][j])}"
                 )
+    rule_start = time.perf_counter()
     if num_global is None and price is None:
         price = _rule_price(default_price(clients, w, direction, prior), "default")
     elif price == "spread":
         price = _rule_price(spread_price(clients, w, direction, seed=seed), "spread")
-
-    with _intra_op_threads(num_threads):
-        rng = np.random.default_rng(seed)
-        state = _FusionState(geometry, source, w, price, num_global, rng)
-        if start is None:
-            if num_global is not None:
-                state.seed_globals(num_global)
-            state.sweep(rng.permutation(len(clients)))
-        else:
-            state.start_from(*start, num_global)
-        state.recorded = state.objective()
-        objective = [state.recorded]
-        converged, sweeps = False, 0
-        while sweeps < max_sweeps and not converged:
-            sweeps += 1
-            converged = not state.sweep(rng.permutation(len(clients)), objective)
-        natural, assignments, support, costs = state.result_parts()
+    rule_seconds = time.perf_counter() - rule_start
+    rng = np.random.default_rng(seed)
+    state = _FusionState(geometry, source, w, price, num_global, rng)
+    if start is None:
+        if num_global is not None:
+            state.seed_globals(num_global)
+        state.sweep(rng.permutation(len(clients)))
+    else:
+        state.start_from(*start, num_global)
+    state.recorded = state.objective()
+    objective = [state.recorded]
+    converged, sweeps = False, 0
+    while sweeps < max_sweeps and not converged:
+        sweeps += 1
+        converged = not state.sweep(rng.permutation(len(clients)), objective)
+    natural, assignments, support, costs = state.result_parts()
 
     if combine == "product":
         natural = _product(clients, assignments, prior, support.numel(), device)
@@ -1057,7 +1077,7 @@ def fuse(
         price=price,
         direction=direction,
         combine=combine,
-        info=dict(state.info),
+        info={**state.info, "rule_seconds": rule_seconds},
         costs=costs,
     )
 
