@@ -11,13 +11,19 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 def test_fusion_scaling_small_prints_one_json_object():
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fusion_scaling.py"), "--cases", "small", "--repeats", "1"],
-        check=True, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(ROOT / "benchmarks" / "fusion_scaling.py"), "--cases", "small", "--repeats", "1",
+         "--omp-compare"],
+        check=True, capture_output=True, text=True, timeout=600,
     ).stdout
     result = json.loads(out)
     for case in result["cases"]:
         assert case["found"] == case["true"]
-        assert case["objective_monotone"]
+        assert case["objective_monotone"] and case["converged"]
+        assert case["omp_wait_policy"] is None  # the cases are the runs without the variable
+        assert case["peak_rss_gb"] >= case["rss_before_gb"] > case["input_gb"] > 0
+        assert 0 <= case["rule_seconds"] <= case["seconds"] and case["cpu_seconds"] > 0
+    for pair in result["omp_comparison"]:
+        assert pair["ratio"] == pytest.approx(pair["seconds_unset"] / pair["seconds_passive"])
     assert result["threads"] >= 1 and "load_average" in result
 
 
