@@ -181,7 +181,7 @@ def balance(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(torch.isfinite(ratio) & (ratio > 0), ratio, torch.ones_like(ratio))
 
 
-def refine(
+def review(
     cost: Tensor,
     phi_x: Tensor,
     c: Tensor,
@@ -192,18 +192,18 @@ def refine(
     tol: float = REFINE_TOL,
     below: Optional[float] = None,
     coordinates: Optional[Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = None,
-) -> int:
+) -> Tuple[Tensor, Tensor, Tensor, int]:
     """
-    Recompute in place the entries of a cost matrix from :meth:`KLGeometry.cost` whose
-    rounding error may exceed ``tol`` times their value (or ``tol`` times
-    :data:`REFINE_FLOOR` nats), and the non-finite ones. The bound per entry is
+    The entries of a cost matrix from :meth:`KLGeometry.cost` that need a look, with
+    accurate values: those whose rounding error may exceed ``tol`` times their value (or
+    ``tol`` times :data:`REFINE_FLOOR` nats) and the non-finite ones, or with ``below``,
+    every entry that may lie below it. The bound per entry is
     ``eps (|phi_x| + |c| + (1 + sqrt(d)) |x| |y|)`` for the dtype's ``eps``: the rounding of
     the three terms and of the inner product (Cauchy-Schwarz, with the ``sqrt(d)`` growth
-    of a blocked sum). Far pairs keep their GEMM value; close pairs of components far
-    from the origin are recomputed: in float64 by the same formula when ``coordinates``
-    are given and that bound holds in float64, else by ``pairs``.
+    of a blocked sum). Entries beyond it are recomputed: in float64 by the same formula
+    when ``coordinates`` are given and that bound holds in float64, else by ``pairs``.
 
-    :param Tensor cost: ``[N, M]``, modified in place.
+    :param Tensor cost: ``[N, M]``.
     :param Tensor phi_x: ``[N]`` row terms; ``c``: ``[M]`` column terms (or ``[N, 1]`` for a
         column of paired costs, as ``y_norm``); float64 if ``coordinates`` are given.
     :param Tensor x_norm: ``[N]`` Euclidean norms of the rows' coordinates; ``y_norm``: ``[M]``
@@ -211,21 +211,21 @@ def refine(
     :param int dim: length ``d`` of the inner products.
     :param pairs: ``pairs(rows, cols)`` -> float64 costs of those entries, e.g. by
         :meth:`KLGeometry.pair_cost`.
-    :param float below: only entries that may lie below this value need to be accurate
-        (e.g. the price of a new component, above which no entry is ever chosen); the
-        others are left as they are.
+    :param float below: the entries that may lie below this value (e.g. the price of a new
+        component, above which no entry is ever chosen) instead of the inaccurate ones.
     :param tuple coordinates: ``(rows -> x [K, d], cols -> y [K, d])`` in float64.
-    :returns: the number of entries recomputed.
+    :returns: ``(rows, cols, values, recomputed)``: the entries, their values in the
+        matrix's dtype, and how many were recomputed.
     :raises ValueError: if a recomputed entry is not finite.
     """
-    if cost.numel() == 0:
-        return 0
     dtype = cost.dtype
     eps = torch.finfo(dtype).eps
     growth = 1.0 + math.sqrt(dim)
     phi_abs, c_abs = phi_x.to(dtype).abs(), c.to(dtype).abs()
     x_norm, y_norm = x_norm.to(dtype), y_norm.to(dtype)
-    finite = bool(torch.isfinite(cost.sum()))
+    if cost.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=cost.device)
+        return empty, empty, cost.new_zeros(0), 0
     # the largest error in each row; an entry needs a look only if it is small next to
     # that (or, with `below`, if it may lie below `below`)
     reach = eps * (phi_abs + c_abs.max() + growth * x_norm * y_norm.max())
@@ -233,29 +233,41 @@ def refine(
         near = cost.abs() < (reach / tol).unsqueeze(-1)
     else:
         near = cost < (below + reach).unsqueeze(-1)
-    if not finite:
+    if not bool(torch.isfinite(cost.sum())):
         near |= ~torch.isfinite(cost)
     rows, cols = near.nonzero(as_tuple=True)
-    value = cost[rows, cols]
+    values = cost[rows, cols]
     bound = phi_abs[rows] + c_abs.expand_as(cost)[rows, cols]
     bound += growth * x_norm[rows] * y_norm.expand_as(cost)[rows, cols]
-    keep = (eps * bound > tol * value.abs().clamp(min=REFINE_FLOOR)) | ~torch.isfinite(value)
-    rows, cols, bound = rows[keep], cols[keep], bound[keep]
-    chunk = max(1, _PAIR_CHUNK // max(1, dim))
-    for start in range(0, rows.numel(), chunk):
-        r, g = rows[start : start + chunk], cols[start : start + chunk]
+    flagged = ((eps * bound > tol * values.abs().clamp(min=REFINE_FLOOR)) | ~torch.isfinite(values)).nonzero()
+    flagged = flagged.squeeze(-1)
+    eps64 = torch.finfo(torch.float64).eps
+    for chunk in flagged.split(max(1, _PAIR_CHUNK // max(1, dim))):
+        r, g = rows[chunk], cols[chunk]
         if coordinates is not None and dtype != torch.float64:
             exact = phi_x[r] + c.expand_as(cost)[r, g] - torch.linalg.vecdot(coordinates[0](r), coordinates[1](g))
-            eps64 = torch.finfo(torch.float64).eps
-            unsure = eps64 * bound[start : start + chunk].double() > tol * exact.abs().clamp(min=REFINE_FLOOR)
+            unsure = eps64 * bound[chunk].double() > tol * exact.abs().clamp(min=REFINE_FLOOR)
             if bool(unsure.any()):
                 exact[unsure] = pairs(r[unsure], g[unsure])
         else:
             exact = pairs(r, g)
         if not bool(torch.isfinite(exact).all()):
             raise ValueError("KL costs are not finite even in float64 (parameters too extreme)")
-        cost[r, g] = exact.to(dtype)
-    return int(rows.numel())
+        values[chunk] = exact.to(dtype)
+    return rows, cols, values, flagged.numel()
+
+
+def refine(cost: Tensor, *args, **kwargs) -> int:
+    """
+    :func:`review` a cost matrix and write the accurate values back in place; same
+    arguments. Far pairs keep their GEMM value; close pairs of components far from the
+    origin are recomputed.
+
+    :returns: the number of entries recomputed.
+    """
+    rows, cols, values, recomputed = review(cost, *args, **kwargs)
+    cost[rows, cols] = values
+    return recomputed
 
 
 def kl_cost_matrix(local: Components, global_: Components, direction: str = "reverse") -> Tensor:

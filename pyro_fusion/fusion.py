@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .assignment import NEW, assign_rows
+from .assignment import NEW, assign_edges, assign_rows
 from .components import Components
-from .cost import KLGeometry, balance, check_direction, refine
+from .cost import KLGeometry, balance, check_direction, refine, review
 
 COMBINES = ("average", "product")
 #: in-memory clients are matched in blocks of about this many local components (one GEMM each)
@@ -291,18 +291,6 @@ def _check_representable(j: int, phi: Tensor, c: Tensor, x_norm: Tensor, y_norm:
         )
 
 
-def _overriding(rows_of: Callable[[Tensor], Tensor], index: Tensor, rows: Tensor) -> Callable[[Tensor], Tensor]:
-    """``rows_of`` with the columns where ``index >= 0`` read from ``rows[index]`` instead."""
-
-    def read(k: Tensor) -> Tensor:
-        out, at = rows_of(k), index[k]
-        mine = at >= 0
-        out[mine] = rows[at[mine]]
-        return out
-
-    return read
-
-
 @contextlib.contextmanager
 def _intra_op_threads(num_threads: Optional[int]) -> Iterator[None]:
     """Run the block with ``num_threads`` intra-op threads, restoring the caller's setting."""
@@ -465,23 +453,20 @@ class _FusionState:
             self.seed_globals(num_global, existing=num_used)
 
     # ----- costs -------------------------------------------------------------------------
-    def _refine(
-        self, j: int, cost: Tensor, client: _Client, x64: Tensor, c: Tensor, y_norm: Tensor, dual_of, natural_of
-    ) -> None:
-        """:func:`refine` a cost matrix of client ``j`` (float64 coordinates ``x64``) against
-        columns with terms ``c``, ``y_norm`` and float64 rows ``dual_of(cols)``,
-        ``natural_of(cols)``; only entries that may be below the price matter (all of them
-        in parametric mode)."""
+    def _review(self, j: int, cost: Tensor, client: _Client, x64: Tensor, columns, below) -> Tuple[Tensor, Tensor, Tensor]:
+        """:func:`review` a cost matrix of client ``j`` (float64 coordinates ``x64``) against
+        ``columns = (c, y_norm, dual_of, natural_of)``: their terms and float64 rows."""
+        c, y_norm, dual_of, natural_of = columns
         try:
-            count = refine(
+            rows, cols, values, recomputed = review(
                 cost, client.phi, c, client.norm, y_norm, self.dim,
                 lambda rows, cols: self.geometry.pair_cost(self.source.rows64(client, rows), natural_of(cols)),
-                below=None if self.parametric else self.price,
-                coordinates=(lambda rows: x64[rows], dual_of),
+                below=below, coordinates=(lambda rows: x64[rows], dual_of),
             )
         except ValueError as e:
             raise ValueError(f"client {j}: {e}") from None
-        self.info["refined_costs"] += count
+        self.info["refined_costs"] += recomputed
+        return rows, cols, values
 
     def _columns(self, cols: Tensor):
         """``(c, y_norm, dual_of, natural_of)`` of the current barycenters at ``cols``."""
@@ -491,18 +476,17 @@ class _FusionState:
         )
 
     def _gemm_cost(self, client: _Client, cols: Tensor, block: Optional[Tuple[Tensor, int]]) -> Tensor:
-        """Unrefined costs ``[L, len(cols)]`` against the current barycenters at ``cols``.
+        """Unreviewed costs ``[L, len(cols)]`` against the current barycenters at ``cols``.
         ``block``: this client's rows of a GEMM against the first ``size0`` slots, valid
         where no slot is dirty since."""
         y_w = self.y_w[: self.size]
         if block is None:
             gemm = client.x @ y_w.T
         else:
-            rows, size0 = block
-            gemm = torch.empty(len(client.x), self.size, dtype=self.dtype, device=self.device)
-            gemm[:, :size0] = rows
+            gemm, size0 = block
             stale = self.dirty[: self.size].nonzero().squeeze(-1)
-            if stale.numel():
+            if size0 < self.size or stale.numel():
+                gemm = torch.cat([gemm, gemm.new_empty(len(gemm), self.size - size0)], -1)
                 gemm[:, stale] = client.x @ y_w[stale].T
         if cols.numel() < self.size:
             gemm = gemm[:, cols]
@@ -517,50 +501,18 @@ class _FusionState:
         x64 = self.source.coordinates64(client)
         cols = self._alive().nonzero().squeeze(-1)
         cost = self._gemm_cost(client, cols, block)
-        c, y_norm, dual_of, natural_of = self._columns(cols)
-        price = None if self.parametric else self.price
+        steps = self._dense_steps if self.parametric else self._sparse_steps
+        candidate, exact = steps(j, client, x64, w, old, cols, cost)
+        reopen = None if self.parametric or old is None else torch.where(self.count[old] > 1, NEW, old)
+        new = self._slots(candidate(), cols, reopen)
         if old is None:
-            self._refine(j, cost, client, x64, c, y_norm, dual_of, natural_of)
-            new = self._slots(assign_rows(cost.cpu(), price), cols, None)
             self._commit(j, self._move(client, x64, w, None, new))
             return True
-
-        # candidate: match against the barycenters of the other clients, in the columns of
-        # the client's own globals (their current costs are kept for the exact step)
-        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
-        position[cols] = torch.arange(cols.numel(), device=self.device)
-        at = position[old]
-        current = cost[:, at]
-        stays = self.count[old] > 1
-        if bool(stays.any()):
-            kept = stays.nonzero().squeeze(-1)
-            xbar = (self.sum[old[kept]] - w * x64[kept]) / (self.weight[old[kept]] - w).unsqueeze(-1)
-            y, c_left, _ = self.geometry.dual(xbar)
-            cost[:, at[kept]] = KLGeometry.cost(client.x, client.phi_w, y.to(self.dtype), c_left)
-            c, y_norm = c.clone(), y_norm.clone()
-            c[at[kept]] = c_left
-            y_norm[at[kept]] = self.source.dual_norm(y)
-            left = torch.full((cols.numel(),), -1, dtype=torch.long, device=self.device)
-            left[at[kept]] = torch.arange(kept.numel(), device=self.device)
-            dual_of = _overriding(dual_of, left, y)
-            natural_of = _overriding(natural_of, left, xbar if self.geometry.direction == "reverse" else y)
-        self._refine(j, cost, client, x64, c, y_norm, dual_of, natural_of)
-        reopen = None
-        if not self.parametric:
-            reopen = torch.where(stays, torch.full_like(old, NEW), old)
-            cost[:, at[~stays]] = float("inf")  # closed without this client
-        new = self._slots(assign_rows(cost.cpu(), price), cols, reopen)
         if self._same(client, old, new):
             return False
         move = self._move(client, x64, w, old, new)
         if not move.delta < -move.noise:
-            # exact block-coordinate step against the current barycenters, where a global
-            # this client uses alone costs the price on top
-            self._refine(j, current, client, x64, *self._columns(cols[at]))
-            cost[:, at] = current
-            if not self.parametric:
-                cost[:, at[~stays]] += self.price
-            new = self._slots(assign_rows(cost.cpu(), price), cols, reopen)
+            new = self._slots(exact(), cols, reopen)
             if self._same(client, old, new):
                 return False
             move = self._move(client, x64, w, old, new)
@@ -571,6 +523,77 @@ class _FusionState:
         self.recorded += move.delta
         self.info["updates"] += 1
         return True
+
+    def _left(self, x64: Tensor, w: float, old: Tensor):
+        """The barycenters of the client's globals without it, where others remain:
+        ``(kept rows, xbar, y, c)``, or None."""
+        stays = self.count[old] > 1
+        if not bool(stays.any()):
+            return None
+        kept = stays.nonzero().squeeze(-1)
+        xbar = (self.sum[old[kept]] - w * x64[kept]) / (self.weight[old[kept]] - w).unsqueeze(-1)
+        y, c, _ = self.geometry.dual(xbar)
+        return kept, xbar, y, c
+
+    def _left_columns(self, left):
+        """:meth:`_columns` of the barycenters from :meth:`_left`."""
+        _, xbar, y, c = left
+        natural = xbar if self.geometry.direction == "reverse" else y
+        return c, self.source.dual_norm(y), lambda k: y[k], lambda k: natural[k]
+
+    def _sparse_steps(self, j, client, x64, w, old, cols, cost):
+        """Nonparametric steps on the entries below the price: ``(candidate, exact)``,
+        each returning an :func:`assign_edges` result over ``cols``. The candidate matches
+        against the barycenters of the other clients (the client's own globals without it;
+        those only it uses are closed); the exact step against the current ones, where a
+        global only this client uses costs the price on top."""
+        rows, at_cols, values = self._review(j, cost, client, x64, self._columns(cols), self.price)
+        num_rows = len(client.phi)
+        if old is None:
+            return (lambda: assign_edges(num_rows, rows, at_cols, values, self.price)), None
+        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
+        position[cols] = torch.arange(cols.numel(), device=self.device)
+        own = torch.zeros(cols.numel(), dtype=torch.bool, device=self.device)
+        own[position[old]] = True
+
+        def candidate() -> Tensor:
+            others = ~own[at_cols]
+            parts = [(rows[others], at_cols[others], values[others])]
+            left = self._left(x64, w, old)
+            if left is not None:
+                sub = KLGeometry.cost(client.x, client.phi_w, left[2].to(self.dtype), left[3])
+                sub_rows, sub_cols, sub_values = self._review(j, sub, client, x64, self._left_columns(left), self.price)
+                parts.append((sub_rows, position[old[left[0]]][sub_cols], sub_values))
+            return assign_edges(num_rows, *(torch.cat(p) for p in zip(*parts)), self.price)
+
+        def exact() -> Tensor:
+            solo = torch.zeros_like(own)
+            solo[position[old[self.count[old] == 1]]] = True
+            return assign_edges(num_rows, rows, at_cols, values + self.price * solo[at_cols], self.price)
+
+        return candidate, exact
+
+    def _dense_steps(self, j, client, x64, w, old, cols, cost):
+        """Parametric steps on the whole cost matrix (every entry matters): as
+        :meth:`_sparse_steps`, with :func:`assign_rows` and no price."""
+        rows, at_cols, values = self._review(j, cost, client, x64, self._columns(cols), None)
+        cost[rows, at_cols] = values
+        if old is None:
+            return (lambda: assign_rows(cost)), None
+        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
+        position[cols] = torch.arange(cols.numel(), device=self.device)
+
+        def candidate() -> Tensor:
+            matrix = cost.clone()
+            left = self._left(x64, w, old)
+            if left is not None:
+                sub = KLGeometry.cost(client.x, client.phi_w, left[2].to(self.dtype), left[3])
+                sub_rows, sub_cols, sub_values = self._review(j, sub, client, x64, self._left_columns(left), None)
+                sub[sub_rows, sub_cols] = sub_values
+                matrix[:, position[old[left[0]]]] = sub
+            return assign_rows(matrix)
+
+        return candidate, lambda: assign_rows(cost)
 
     def _slots(self, match: Tensor, cols: Tensor, reopen: Optional[Tensor]) -> Tensor:
         """Slots of an :func:`assign_rows` result over ``cols``; ``NEW`` rows reopen the
