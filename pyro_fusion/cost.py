@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .components import Components
 from .expfam import ExponentialFamily
+from .threads import gemm_threads
 
 DIRECTIONS = ("reverse", "forward")
 #: relative error a cost entry may carry (by its rounding bound) before :func:`refine` recomputes it
@@ -43,7 +44,7 @@ REFINE_TOL = 1e-4
 REFINE_FLOOR = 1.0
 #: :func:`refine` recomputes at most this many parameters (pairs x dim) at once
 _PAIR_CHUNK = 1 << 22
-#: :meth:`KLGeometry.centre` looks at this many components
+#: :meth:`KLGeometry.centre` and :func:`balance` look at this many components
 _CENTRE_ROWS = 256
 
 
@@ -119,7 +120,8 @@ class KLGeometry:
     @staticmethod
     def cost(x: Tensor, phi_x: Tensor, y: Tensor, c: Tensor) -> Tensor:
         """``C[l, g] = phi_x[l] + c[g] - <x[l], y[g]>`` in one fused GEMM."""
-        out = torch.addmm(c.to(x.dtype).expand(x.shape[0], -1), x, y.to(x.dtype).T, alpha=-1)
+        with gemm_threads(x.shape[0] * x.shape[1] * y.shape[0]):
+            out = torch.addmm(c.to(x.dtype).expand(x.shape[0], -1), x, y.to(x.dtype).T, alpha=-1)
         return out.add_(phi_x.to(x.dtype).unsqueeze(-1))
 
     # ----- translations of the sample space (location families) ------------------------
@@ -175,8 +177,10 @@ def balance(x: Tensor, y: Tensor) -> Tensor:
     product unchanged): natural and mean parameters weigh their coordinates very
     differently, e.g. ``m / s^2`` against ``m^2 + s^2``. Use the norms in :func:`refine`.
 
-    :param Tensor x: ``[N, d]`` rows; ``y``: ``[M, d]`` columns (any rows are enough).
+    :param Tensor x: ``[N, d]`` rows; ``y``: ``[M, d]`` columns (the first
+        :data:`_CENTRE_ROWS` of each are used: any rows give a valid bound).
     """
+    x, y = x[:_CENTRE_ROWS], y[:_CENTRE_ROWS]
     ratio = (y.square().mean(0) / x.square().mean(0)).sqrt().sqrt()
     return torch.where(torch.isfinite(ratio) & (ratio > 0), ratio, torch.ones_like(ratio))
 

@@ -29,7 +29,6 @@ How the work is shared (the state holds per-global rows, never a copy per client
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -41,6 +40,7 @@ from torch import Tensor
 from .assignment import NEW, assign_edges, assign_rows
 from .components import Components
 from .cost import KLGeometry, balance, check_direction, refine, review
+from .threads import engine_threads, gemm_threads
 
 COMBINES = ("average", "product")
 #: in-memory clients are matched in blocks of about this many local components (one GEMM each)
@@ -191,7 +191,7 @@ class _Client(NamedTuple):
     x: Tensor  # [L, d] averaging-space coordinates, working dtype, device, engine frame
     phi: Tensor  # [L] Phi(x), float64
     phi_w: Tensor  # [L] the same in the working dtype
-    norm: Tensor  # [L] |x| in the working dtype
+    norm: Tensor  # [L] |x| after balance(), in the working dtype
 
 
 class _ClientSource:
@@ -260,7 +260,8 @@ class _ClientSource:
         x64, phi, y, c = self.geometry.terms(self.natural64(natural))
         if self.scale is None:
             self.scale = balance(x64, y)
-        _check_representable(j, phi, c, self.norm(x64), self.dual_norm(y), self.dtype)
+        norm = self.norm(x64)
+        _check_representable(j, phi, c, norm, self.dual_norm(y), self.dtype)
         same = (
             self.geometry.direction == "reverse"
             and all(s is None for s in self.shifts)
@@ -268,7 +269,6 @@ class _ClientSource:
             and natural.device == torch.device(self.device)
         )
         x = natural if same else x64.to(self.dtype)
-        norm = self.norm(x64)
         client = _Client(natural, x, phi, phi.to(self.dtype), norm.to(self.dtype))
         if self.keep:
             self.cache[j] = client
@@ -291,20 +291,6 @@ def _check_representable(j: int, phi: Tensor, c: Tensor, x_norm: Tensor, y_norm:
         )
 
 
-@contextlib.contextmanager
-def _intra_op_threads(num_threads: Optional[int]) -> Iterator[None]:
-    """Run the block with ``num_threads`` intra-op threads, restoring the caller's setting."""
-    before = torch.get_num_threads()
-    if num_threads is None or num_threads == before:
-        yield
-        return
-    torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Move(NamedTuple):
     """A proposed new assignment of one client and the per-global rows it would write."""
 
@@ -325,8 +311,6 @@ class _FusionState:
     ``xbar`` and its duals ``y`` (float64 and ``y_w`` in the working dtype), ``c``, ``phi``,
     ``y_norm``. Slots with ``count == 0`` are free (nonparametric) and reused.
     """
-
-    _KEYS = ("sum", "weight", "count", "xbar", "y", "y_w", "c", "phi", "y_norm", "dirty")
 
     def __init__(self, geometry: KLGeometry, source: _ClientSource, weights: Tensor, price, num_global, rng):
         self.geometry = geometry
@@ -481,13 +465,15 @@ class _FusionState:
         where no slot is dirty since."""
         y_w = self.y_w[: self.size]
         if block is None:
-            gemm = client.x @ y_w.T
+            with gemm_threads(client.x.numel() * self.size):
+                gemm = client.x @ y_w.T
         else:
             gemm, size0 = block
             stale = self.dirty[: self.size].nonzero().squeeze(-1)
             if size0 < self.size or stale.numel():
                 gemm = torch.cat([gemm, gemm.new_empty(len(gemm), self.size - size0)], -1)
-                gemm[:, stale] = client.x @ y_w[stale].T
+                with gemm_threads(client.x.numel() * stale.numel()):
+                    gemm[:, stale] = client.x @ y_w[stale].T
         if cols.numel() < self.size:
             gemm = gemm[:, cols]
         return (self.c[cols].to(self.dtype) - gemm).add_(client.phi_w.unsqueeze(-1))
@@ -693,7 +679,8 @@ class _FusionState:
             gemm, size0 = None, self.size
             if len(block) > 1 and self.size:
                 x = torch.cat([self.source[j].x for j in block])
-                gemm = x @ self.y_w[:size0].T
+                with gemm_threads(x.shape[0] * x.shape[1] * size0):
+                    gemm = x @ self.y_w[:size0].T
                 self.dirty[:size0] = False
             start = 0
             for j in block:
@@ -1000,10 +987,11 @@ def fuse(
         device); clients may live on any device. The assignment runs on the CPU.
     :param int num_threads: intra-op CPU threads while fusing, the price rule included
         (default 1: the per-client work is small and extra threads mostly wait, however
-        ``OMP_WAIT_POLICY`` is set; None keeps the caller's setting, which is restored
-        afterwards either way).
+        ``OMP_WAIT_POLICY`` is set); large matrix products run on one thread or on the
+        caller's threads, whichever is faster when timed (:mod:`pyro_fusion.threads`).
+        None: the caller's setting for everything. It is restored afterwards either way.
     """
-    with _intra_op_threads(num_threads):
+    with engine_threads(num_threads):
         return _fuse(
             clients, weights, direction, num_global, price, prior, combine, max_sweeps, seed, dtype, init, device
         )

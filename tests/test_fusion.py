@@ -761,3 +761,32 @@ def test_default_price_of_identical_components_is_the_floor():
 
     assert default_price([client, client]) == COST_FLOOR
     assert fuse([client, client]).num_global == 3
+
+
+def test_large_products_pick_the_faster_thread_count():
+    from pyro_fusion.threads import LARGE_GEMM, GemmThreads, engine_threads, gemm_threads
+
+    chooser = GemmThreads(threads=2, trials=1, revisit=4)
+    chooser.samples = {1: [2.0], 2: [1.0]}  # two threads measured faster
+    assert [chooser.choose() for _ in range(4)] == [2, 2, 2, 1]  # and one thread retried
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with engine_threads(1):
+            assert torch.get_num_threads() == 1
+            with gemm_threads(LARGE_GEMM):
+                assert torch.get_num_threads() in (1, 2)
+            with gemm_threads(LARGE_GEMM - 1):  # small products stay on one thread
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("module", ["cost", "threads", "synthetic"])
+def test_engine_module_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"pyro_fusion.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 1 and result.failed == 0
