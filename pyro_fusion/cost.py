@@ -223,30 +223,34 @@ def review(
     :raises ValueError: if a recomputed entry is not finite.
     """
     dtype = cost.dtype
-    eps = torch.finfo(dtype).eps
-    growth = 1.0 + math.sqrt(dim)
-    phi_abs, c_abs = phi_x.to(dtype).abs(), c.to(dtype).abs()
-    x_norm, y_norm = x_norm.to(dtype), y_norm.to(dtype)
     if cost.numel() == 0:
         empty = torch.zeros(0, dtype=torch.long, device=cost.device)
         return empty, empty, cost.new_zeros(0), 0
+    eps = torch.finfo(dtype).eps
+    growth = 1.0 + math.sqrt(dim)
+    phi_abs, c_abs = phi_x.abs().to(dtype), c.abs().to(dtype)
+    x_norm, y_norm = x_norm.to(dtype), y_norm.to(dtype)
     # the largest error in each row; an entry needs a look only if it is small next to
     # that (or, with `below`, if it may lie below `below`)
-    reach = eps * (phi_abs + c_abs.max() + growth * x_norm * y_norm.max())
+    reach = (phi_abs + c_abs.max()).add_(x_norm, alpha=growth * float(y_norm.max())).mul_(eps)
     if below is None:
-        near = cost.abs() < (reach / tol).unsqueeze(-1)
+        near = cost.abs() < reach.div_(tol).unsqueeze(-1)
     else:
-        near = cost < (below + reach).unsqueeze(-1)
-    if not bool(torch.isfinite(cost.sum())):
+        near = cost < reach.add_(below).unsqueeze(-1)
+    finite = bool(torch.isfinite(cost.sum()))
+    if not finite:
         near |= ~torch.isfinite(cost)
     rows, cols = near.nonzero(as_tuple=True)
     values = cost[rows, cols]
-    bound = phi_abs[rows] + c_abs.expand_as(cost)[rows, cols]
-    bound += growth * x_norm[rows] * y_norm.expand_as(cost)[rows, cols]
-    flagged = ((eps * bound > tol * values.abs().clamp(min=REFINE_FLOOR)) | ~torch.isfinite(values)).nonzero()
-    flagged = flagged.squeeze(-1)
+    bound = (phi_abs[rows] + c_abs.expand_as(cost)[rows, cols]).addcmul_(
+        x_norm[rows], y_norm.expand_as(cost)[rows, cols], value=growth
+    )
+    flagged = bound > values.abs().clamp_(min=REFINE_FLOOR).mul_(tol / eps)
+    if not finite:
+        flagged |= ~torch.isfinite(values)
+    flagged = flagged.nonzero().squeeze(-1)
     eps64 = torch.finfo(torch.float64).eps
-    for chunk in flagged.split(max(1, _PAIR_CHUNK // max(1, dim))):
+    for chunk in flagged.split(max(1, _PAIR_CHUNK // max(1, dim))) if flagged.numel() else ():
         r, g = rows[chunk], cols[chunk]
         if coordinates is not None and dtype != torch.float64:
             exact = phi_x[r] + c.expand_as(cost)[r, g] - torch.linalg.vecdot(coordinates[0](r), coordinates[1](g))

@@ -326,6 +326,8 @@ class _FusionState:
         self.size = 0  # slots [0, size) have been used
         self.recorded: Optional[float] = None  # F as recorded, updated by each accepted delta
         self.info = {"updates": 0, "exact_steps": 0, "refined_costs": 0}
+        self.version = 0  # number of commits so far
+        self.checked = [-1] * len(source)  # per client, the version it was last found unchanged at
         self._allocate(64 if num_global is None else num_global)
 
     # ----- slots ----------------------------------------------------------------------
@@ -480,7 +482,16 @@ class _FusionState:
 
     # ----- one client update ---------------------------------------------------------------
     def update(self, j: int, block: Optional[Tuple[Tensor, int]] = None) -> bool:
-        """Re-match client ``j``; returns whether its assignment changed."""
+        """Re-match client ``j``; returns whether its assignment changed. A client found
+        unchanged against the same state (no commit since) is not examined again."""
+        if self.checked[j] == self.version:
+            return False
+        if not self._update(j, block):
+            self.checked[j] = self.version
+            return False
+        return True
+
+    def _update(self, j: int, block: Optional[Tuple[Tensor, int]]) -> bool:
         client = self.source[j]
         w = float(self.weights[j])
         old = self.assign[j]
@@ -657,6 +668,7 @@ class _FusionState:
             self.phi[touched[~live]] = 0
         self.size = max(self.size, int(touched.max()) + 1)
         self.assign[j] = move.new
+        self.version += 1
 
     # ----- sweeps --------------------------------------------------------------------------
     def _blocks(self, order) -> Iterator[List[int]]:
@@ -676,18 +688,17 @@ class _FusionState:
         """Update every client in ``order``; appends ``F`` after each update to ``record``."""
         changed = False
         for block in self._blocks(order):
-            gemm, size0 = None, self.size
-            if len(block) > 1 and self.size:
-                x = torch.cat([self.source[j].x for j in block])
+            size0, parts = self.size, {}
+            due = [j for j in block if self.checked[j] != self.version]
+            if len(due) > 1 and self.size:
+                x = torch.cat([self.source[j].x for j in due])
                 with gemm_threads(x.shape[0] * x.shape[1] * size0):
                     gemm = x @ self.y_w[:size0].T
                 self.dirty[:size0] = False
-            start = 0
+                for j, rows in zip(due, gemm.split([len(self.source[j].phi) for j in due])):
+                    parts[j] = (rows, size0)
             for j in block:
-                rows = len(self.source[j].phi)
-                part = None if gemm is None else (gemm[start : start + rows], size0)
-                changed |= self.update(j, part)
-                start += rows
+                changed |= self.update(j, parts.get(j))
                 if record is not None:
                     record.append(self.recorded)
         return changed
