@@ -5,7 +5,7 @@ The front doors, one per model family, share one signature and return a
 :func:`fuse_gmms`, :func:`fuse_hmms`, :func:`fuse_lda` and :func:`fuse_mlps`. The engine below them
 is :func:`fuse` (components in, :class:`FusionResult` out).
 """
-from .adapters.base import FusedModel, FusionAdapter, Layout, Price
+from .adapters.base import FusedModel, FusionAdapter, Layout
 from .adapters.bnn import fuse_mlps
 from .adapters.gmm import fuse_gmms
 from .adapters.guide import fuse_posteriors
@@ -15,14 +15,15 @@ from .barycenter import barycenter
 from .components import Components, Field
 from .cost import KLGeometry, kl_cost_matrix
 from .deprecation import moved
-from .fusion import FusionResult, LazyClients, default_price, fuse, spread_price
+from .fusion import FusionResult, LazyClients, default_price, fuse, price_of, spread_price
 from .io import load_components, save_components
 from .posterior import FusedPosterior, GuidePosterior
+from .price import Price, counterpart_price
 from .priors import FusedPrior, PosteriorPrior
 from .readout import extract
 from .writeback import FusedAutoNormal, init_to_fused
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Components",
@@ -40,6 +41,7 @@ __all__ = [
     "PosteriorPrior",
     "Price",
     "barycenter",
+    "counterpart_price",
     "default_price",
     "extract",
     "fuse",
@@ -51,6 +53,7 @@ __all__ = [
     "init_to_fused",
     "kl_cost_matrix",
     "load_components",
+    "price_of",
     "save_components",
     "spread_price",
 ]

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 from . import __version__
 from .deprecation import warn
+from .price import RULES
 
 
 def _output_problem(output: str, clients: List[str]) -> Optional[str]:
@@ -96,14 +97,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _price(text: str):
-    if text == "spread":
+    if text in RULES:
         return text
     try:
         price = float(text)
     except ValueError:
         price = math.nan
     if not (math.isfinite(price) and price > 0):
-        raise argparse.ArgumentTypeError(f'expected a positive finite number or "spread", got {text!r}')
+        raise argparse.ArgumentTypeError(f"expected a positive finite number or a rule of {RULES}, got {text!r}")
     return price
 
 
@@ -135,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--price",
         type=_price,
         default=None,
-        help='price of a global component: a number or "spread" (default: closest-pair rule)',
+        help="price of a global component: a number or a rule, " + ", ".join(RULES) + " (default: counterpart)",
     )
     fuse.add_argument("--seed", type=_int_at_least(0), default=0)
     fuse.set_defaults(run=_fuse)

@@ -1,7 +1,7 @@
 """Components: the exchangeable units that fusion matches (HMM states, topics, hidden units)."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -138,3 +138,53 @@ class Components:
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}: {f.family!r}" for n, f in self.fields.items())
         return f"Components(L={len(self)}, {fields})"
+
+
+def check_client(j: int, client, ref: Components, ref_index: int = 0) -> None:
+    """Checks client ``j``'s components, and that its fields and families are those of ``ref``
+    (client ``ref_index``); errors name the client and field."""
+    if not isinstance(client, Components):
+        raise ValueError(f"client {j}: expected Components, got {type(client).__name__}")
+    if len(client) == 0:
+        raise ValueError(f"client {j} has zero components")
+    if list(client.fields) != list(ref.fields):
+        raise ValueError(
+            f"client {j} has fields {list(client.fields)}, client {ref_index} has {list(ref.fields)}"
+        )
+    for name, f in client.fields.items():
+        ref_family = ref.fields[name].family
+        if type(f.family) is not type(ref_family):
+            raise ValueError(
+                f"client {j}, field {name!r}: family {f.family.name} differs from "
+                f"client {ref_index}'s {ref_family.name} (one family per field)"
+            )
+        if f.family != ref_family:
+            raise ValueError(
+                f"client {j}, field {name!r}: {f.family!r} differs from client {ref_index}'s "
+                f"{ref_family!r} (event shapes must agree)"
+            )
+    client.check(f"client {j}")
+
+
+def check_clients(clients: Sequence[Components]) -> None:
+    """Checks every client (:func:`check_client`) against client 0."""
+    if len(clients) == 0:
+        raise ValueError("fuse needs at least one client")
+    for j, client in enumerate(clients):
+        check_client(j, client, clients[0])
+
+
+def client_weights(weights, num_clients: int) -> Tensor:
+    """Validated client weights normalised to mean 1 (uniform when ``weights`` is None)."""
+    if weights is None:
+        return torch.ones(num_clients, dtype=torch.float64)
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"weights must be positive numbers, one per client, got {weights!r:.200}") from error
+    if w.numel() != num_clients:
+        raise ValueError(f"got {w.numel()} weights for {num_clients} clients")
+    for j in range(num_clients):
+        if not (torch.isfinite(w[j]) and w[j] > 0):
+            raise ValueError(f"client {j}: weight must be positive and finite, got {float(w[j])}")
+    return w / w.mean()

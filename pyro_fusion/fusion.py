@@ -29,7 +29,9 @@ How the work is shared (the state holds per-global rows, never a copy per client
 """
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -38,8 +40,19 @@ import torch
 from torch import Tensor
 
 from .assignment import NEW, assign_edges, assign_rows
-from .components import Components
+from .components import Components, check_client, check_clients, client_weights
 from .cost import KLGeometry, balance, check_direction, refine, review
+from .deprecation import warn
+from .price import (
+    COST_FLOOR,
+    RULES,
+    SPREAD_MULTIPLE,
+    Price,
+    as_price,
+    closest_pair_price,
+    counterpart_price,
+    prior_price,
+)
 from .threads import engine_threads, gemm_threads
 
 COMBINES = ("average", "product")
@@ -140,50 +153,6 @@ class LazyClients(Sequence):
         return self.load(self.sources[j])
 
 
-def _check_client(j: int, client, ref: Components, ref_index: int = 0) -> None:
-    if not isinstance(client, Components):
-        raise ValueError(f"client {j}: expected Components, got {type(client).__name__}")
-    if len(client) == 0:
-        raise ValueError(f"client {j} has zero components")
-    if list(client.fields) != list(ref.fields):
-        raise ValueError(
-            f"client {j} has fields {list(client.fields)}, client {ref_index} has {list(ref.fields)}"
-        )
-    for name, f in client.fields.items():
-        ref_family = ref.fields[name].family
-        if type(f.family) is not type(ref_family):
-            raise ValueError(
-                f"client {j}, field {name!r}: family {f.family.name} differs from "
-                f"client {ref_index}'s {ref_family.name} (one family per field)"
-            )
-        if f.family != ref_family:
-            raise ValueError(
-                f"client {j}, field {name!r}: {f.family!r} differs from client {ref_index}'s "
-                f"{ref_family!r} (event shapes must agree)"
-            )
-    client.check(f"client {j}")
-
-
-def _check_clients(clients: Sequence[Components]) -> None:
-    if len(clients) == 0:
-        raise ValueError("fuse needs at least one client")
-    for j, client in enumerate(clients):
-        _check_client(j, client, clients[0])
-
-
-def client_weights(weights, num_clients: int) -> Tensor:
-    """Validated client weights normalised to mean 1 (uniform when ``weights`` is None)."""
-    if weights is None:
-        return torch.ones(num_clients, dtype=torch.float64)
-    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
-    if w.numel() != num_clients:
-        raise ValueError(f"got {w.numel()} weights for {num_clients} clients")
-    for j in range(num_clients):
-        if not (torch.isfinite(w[j]) and w[j] > 0):
-            raise ValueError(f"client {j}: weight must be positive and finite, got {float(w[j])}")
-    return w / w.mean()
-
-
 class _Client(NamedTuple):
     """One client as the engine reads it (see :class:`_ClientSource`)."""
 
@@ -220,10 +189,10 @@ class _ClientSource:
     def components(self, j: int) -> Components:
         comps = self.clients[j]
         if self.first is None:
-            _check_client(j, comps, comps, j)
+            check_client(j, comps, comps, j)
             self.first = (j, comps)
         elif not self.keep:
-            _check_client(j, comps, self.first[1], self.first[0])
+            check_client(j, comps, self.first[1], self.first[0])
         if self.max_components is not None and len(comps) > self.max_components:
             raise ValueError(
                 f"client {j} has {len(comps)} components, more than num_global={self.max_components}"
@@ -736,59 +705,14 @@ def default_price(
     prior: Optional[Components] = None,
 ) -> float:
     """
-    The default price of a global component.
-
-    - With a ``prior`` component ``p0``: the median over local components of
-      ``w_j KL(q_jl || p0)``, what a component is worth beyond the prior.
-    - Without: the median, over clients with at least two components, of the smallest
-      cost between two components of the same client. Components inside one client are
-      distinct by construction, so a local component opens a new global one only when it
-      is farther from every global one than a typical client's two closest components.
-      (Half that median, the first rule tried, split components on trained Gaussian
-      mixtures and HMMs, whose posteriors sharpen with data: 4 of 10 vs 6 of 10 exact
-      counts on the paper's mixture simulation, ``benchmarks/gmm_paper.py``.)
-
-    Either way at least :data:`COST_FLOOR` (a client whose two closest components coincide
-    would otherwise price new components at 0, or below it by rounding).
-
-    :param list clients: the clients' :class:`Components`.
-    :param Tensor weights: client weights (normalised to mean 1), default uniform.
-    :param str direction: the KL direction of the cost.
-    :param Components prior: optional single prior component.
+    Deprecated since 0.2: the default price before 0.2, :func:`~pyro_fusion.price.prior_price`
+    with a ``prior``, else :func:`~pyro_fusion.price.closest_pair_price`. The default is now
+    :func:`~pyro_fusion.price.counterpart_price`; :func:`price_of` gives
+    any rule's price.
     """
-    w = client_weights(weights, len(clients))
-    families = clients[0].families
-    if prior is not None:
-        values = []
-        for j, client in enumerate(clients):
-            kl = sum(
-                f.family.kl(f.natural.double(), prior[name].natural.double())
-                for name, f in client.fields.items()
-            )
-            values.append(w[j] * kl)
-        return max(float(torch.cat(values).median()), COST_FLOOR)
-    geometry = KLGeometry(families, direction)
-    minima = []
-    for j, client in enumerate(clients):
-        if len(client) < 2:
-            continue
-        x = geometry.coordinates(client.concat())
-        y, c, phi = geometry.dual(x)
-        cost = KLGeometry.cost(x, phi, y, c)
-        cost.fill_diagonal_(float("inf"))
-        minima.append(w[j] * cost.min().double())
-    if not minima:
-        raise ValueError(
-            "cannot derive a default price: no client has two components and no prior was "
-            "given; pass price=... or prior=..."
-        )
-    return max(float(torch.stack(minima).median()), COST_FLOOR)
-
-
-#: default ``multiple`` of :func:`spread_price`
-SPREAD_MULTIPLE = 40.0
-#: costs below this (nats) count as this in :func:`spread_price`
-COST_FLOOR = 1e-3
+    rule = "closest-pair" if prior is None else "prior"
+    warn("pyro_fusion.default_price", f'pyro_fusion.price_of("{rule}", ...) (the default rule is now "counterpart")')
+    return price_of(rule, clients, weights, direction, prior=prior)
 
 
 def spread_price(
@@ -806,16 +730,12 @@ def spread_price(
     globals matched by at least two clients), re-estimated until the number of globals settles.
 
     It starts from ``multiple`` times the (lower) median cost of a local component to its
-    nearest component in *another* client (a counterpart, when each component is held by
-    several clients), fuses at that price, sets the price from the spread of the matches, and
-    repeats until the number of globals stops changing, returning the price of the last
-    fusion (after ``iterations`` fusions, the price set from the last one). The price
-    grows with the spread as posteriors sharpen with data and does not depend on the
-    distance between *different* components, unlike the closest-pair rule of
-    :func:`default_price`, which merges close components whenever most clients hold only
-    far-apart ones (see ``benchmarks/gmm_paper.py``). It assumes versions of one component
-    are much closer than different components; where they are not, merging raises the
-    spread and the search can settle on merging almost everything (LDA topics of 15 Brown
+    nearest component in *another* client, fuses at that price, sets the price from the
+    spread of the matches, and repeats (each fusion starting from the last one) until the
+    number of globals stops changing, returning the price of the last fusion (after
+    ``iterations`` fusions, the price set from the last one). It assumes versions of one
+    component are much closer than different components; where they are not, merging raises
+    the spread and the search can settle on merging almost everything (LDA topics of 15 Brown
     genres, 10 per client: 10 globals, each matched by all 15 clients).
 
     Example::
@@ -827,7 +747,7 @@ def spread_price(
         5.0
 
     :param list clients: the clients' :class:`Components` (at least two clients).
-    :param Tensor weights: client weights (normalised to mean 1), default uniform.
+    :param weights: client weights (normalised to mean 1), default uniform.
     :param str direction: the KL direction of the cost.
     :param float multiple: the price in units of the spread.
     :param int iterations: maximum number of fusions.
@@ -835,31 +755,36 @@ def spread_price(
         components (a random subset), which bounds its work at ``max_rows`` x all components.
     :param int seed: seed of that subset and of the fusions' client order.
     """
+    return _spread_search(clients, weights, direction, multiple, iterations, max_rows, seed)[0]
+
+
+def _spread_search(clients, weights, direction, multiple, iterations, max_rows, seed):
+    """:func:`spread_price` and the last fusion it ran (at the returned price, or at the one
+    before when ``iterations`` ran out)."""
     clients = list(clients)
-    _check_clients(clients)
+    check_clients(clients)
     if len(clients) < 2:
         raise ValueError("spread_price needs at least two clients")
     check_direction(direction)
-    if not (multiple > 0 and np.isfinite(multiple)):
+    if not 0 < multiple < math.inf:
         raise ValueError(f"multiple must be positive and finite, got {multiple}")
-    if iterations < 1:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     w = client_weights(weights, len(clients))
     geometry = KLGeometry(clients[0].families, direction)
     xs = [geometry.coordinates(c.concat().double()) for c in clients]
-    phis = [geometry.potential(x) for x in xs]
     price = multiple * _nearest_cost_median(geometry, xs, w, max_rows, seed)
-    count = None
+    count, result = None, None
     for _ in range(iterations):
-        result = fuse(clients, w, direction=direction, price=price, seed=seed)
+        result = fuse(clients, w, direction=direction, price=price, seed=seed, init=result)
         if result.num_global == count:
             break
         count = result.num_global
-        spread = _member_cost_median(geometry, xs, phis, w, result)
+        spread = _member_cost_median(w, result)
         if spread is None:  # no global is shared by two clients
             break
         price = multiple * spread
-    return price
+    return price, result
 
 
 def _nearest_cost_median(
@@ -876,27 +801,87 @@ def _nearest_cost_median(
     nearest = []
     for chunk in rows.split(256):
         cost = KLGeometry.cost(x[chunk], phi[chunk], y, c)
-        cost = cost.masked_fill(owner[chunk, None] == owner[None], float("inf"))
+        cost = cost.masked_fill(owner[chunk, None] == owner[None], math.inf)
         nearest.append(cost.min(-1).values * w[owner[chunk]])
     return max(float(torch.cat(nearest).median()), COST_FLOOR)
 
 
-def _member_cost_median(
-    geometry: KLGeometry, xs: List[Tensor], phis: List[Tensor], w: Tensor, result: FusionResult
-) -> Optional[float]:
-    """Median of ``w_j`` times the cost of a local component to its global, over globals
+def _member_cost_median(w: Tensor, result: "FusionResult") -> Optional[float]:
+    """Median of the costs ``w_j KL`` of local components to their globals, over globals
     matched by at least two clients (None if there is none)."""
-    y, c, _ = geometry.dual(geometry.coordinates(result.components.concat().double()))
-    costs = []
-    for j, (x, phi, a) in enumerate(zip(xs, phis, result.assignments)):
-        shared = result.support[a] >= 2
-        cost = KLGeometry.cost(x[shared], phi[shared], y, c)
-        costs.append(cost.gather(-1, a[shared, None]).squeeze(-1) * w[j])
+    costs = [w[j] * c[result.support[a] >= 2].double() for j, (c, a) in enumerate(zip(result.costs, result.assignments))]
     costs = torch.cat(costs)
     if costs.numel() == 0:
         return None
     return max(float(costs.median()), COST_FLOOR)
 
+
+def _checked(price: float, rule: str) -> float:
+    if not (0 < price < math.inf):
+        raise ValueError(
+            f"the {rule} price rule gave {price}; a price must be positive and finite "
+            "(pass price=... or check the clients' parameters)"
+        )
+    return float(price)
+
+
+def _rule_price(
+    price, clients, weights=None, direction: str = "reverse", *, prior=None, seed: int = 0
+) -> Tuple[float, Optional["FusionResult"]]:
+    """:func:`price_of`, and for ``"spread"`` the last fusion its search ran (a warm start
+    that converges in one sweep at that price); ``weights`` are already normalised."""
+    price = as_price(price)
+    if not isinstance(price, Price):
+        return price, None
+    rule = price.rule or RULES[0]
+    fusion = None
+    if rule == "counterpart":
+        value = counterpart_price(clients, weights, direction, seed=seed)
+    elif rule == "closest-pair":
+        value = closest_pair_price(clients, weights, direction)
+    elif rule == "prior":
+        if prior is None:
+            raise ValueError('price rule "prior" needs the clients\' prior (prior=...)')
+        value = prior_price(clients, prior, weights)
+    else:
+        value, fusion = _spread_search(clients, weights, direction, SPREAD_MULTIPLE, 4, 2048, seed)
+        if price.scale != 1.0 or fusion.price != value:
+            fusion = None
+    return _checked(value, rule) * price.scale, fusion
+
+
+def price_of(
+    price: Union[None, float, str, Price],
+    clients: Sequence[Components],
+    weights: Union[Sequence[float], Tensor, None] = None,
+    direction: str = "reverse",
+    *,
+    prior: Optional[Components] = None,
+    seed: int = 0,
+) -> float:
+    """
+    The price (nats) a ``price=`` setting gives on these clients, as :func:`~pyro_fusion.fuse`
+    would use it: e.g. to share one price between several fusions of the same clients.
+
+    Example::
+
+        >>> from torch.distributions import Normal
+        >>> a = Components.from_distributions({"x": Normal(torch.tensor([[0.0], [10.0]]), 1.0)})
+        >>> b = Components.from_distributions({"x": Normal(torch.tensor([[1.0], [12.0]]), 1.0)})
+        >>> price_of(Price(scale=2.0), [a, b])  # twice the default rule's price
+        40.5
+
+    :param price: a positive number, a rule name of :data:`RULES`, a :class:`Price` or None
+        (the default rule, :func:`counterpart_price`).
+    :param list clients: the clients' :class:`Components`.
+    :param weights: client weights, default uniform.
+    :param str direction: the KL direction of the cost.
+    :param Components prior: the clients' prior component (rule ``"prior"``).
+    :param int seed: seed of the rules' draws.
+    """
+    clients = list(clients)
+    check_clients(clients)
+    return _rule_price(price, clients, client_weights(weights, len(clients)), direction, prior=prior, seed=seed)[0]
 
 
 def _init_assignments(init, num_clients: int) -> Tuple[List[Tensor], int]:
@@ -927,22 +912,13 @@ def _init_assignments(init, num_clients: int) -> Tuple[List[Tensor], int]:
     return [index[a] for a in out], used.numel()
 
 
-def _rule_price(price: float, rule: str) -> float:
-    if not (price > 0 and np.isfinite(price)):
-        raise ValueError(
-            f"the {rule} price rule gave {price}; a price must be positive and finite "
-            "(pass price=... or check the clients' parameters)"
-        )
-    return float(price)
-
-
 def fuse(
     clients: Sequence[Components],
     weights: Union[Sequence[float], Tensor, None] = None,
     *,
     direction: str = "reverse",
     num_global: Optional[int] = None,
-    price: Union[float, str, None] = None,
+    price: Union[float, str, Price, None] = None,
     prior: Optional[Components] = None,
     combine: str = "average",
     max_sweeps: int = 100,
@@ -976,10 +952,13 @@ def fuse(
         natural-parameter averaging; ``"forward"`` minimises ``sum KL(local || global)`` with
         moment matching.
     :param int num_global: parametric mode: this many global components, no new ones.
-    :param price: nonparametric mode: price of a global component, or ``"spread"``
-        for :func:`spread_price` (default :func:`default_price`). A rule that gives a
-        non-finite or non-positive price is an error.
-    :param Components prior: one prior component; sets the default price and is needed by
+    :param price: nonparametric mode: the price of a global component, a positive number
+        (nats), a rule of :mod:`pyro_fusion.price` by name (``"counterpart"``,
+        ``"closest-pair"``, ``"prior"``, ``"spread"``) or a :class:`~pyro_fusion.price.Price`
+        (a rule times a scale); default :func:`~pyro_fusion.price.counterpart_price`. A rule
+        that gives a non-finite or non-positive price is an error. A warning says when no
+        two clients share a global component.
+    :param Components prior: one prior component; needed by the ``"prior"`` rule and by
         ``combine="product"``.
     :param str combine: ``"average"`` (the barycenter) or ``"product"``: after matching,
         ``eta_g = sum eta_l - (m_g - 1) eta_prior`` over the ``m_g`` components matched to
@@ -1019,27 +998,28 @@ def _fuse(clients, weights, direction, num_global, price, prior, combine, max_sw
     if len(clients) == 0:
         raise ValueError("fuse needs at least one client")
     if in_memory:
-        _check_clients(clients)
+        check_clients(clients)
     w = client_weights(weights, len(clients))
     first = clients[0]
     if not in_memory:
-        _check_client(0, first, first)
+        check_client(0, first, first)
     families = first.families
     if prior is not None:
-        _check_clients([first, prior])
+        check_clients([first, prior])
         if len(prior) != 1:
             raise ValueError(f"prior must be one component, got {len(prior)}")
     if combine == "product" and prior is None:
         raise ValueError('combine="product" needs the prior the clients shared (prior=...)')
     if num_global is not None:
-        if num_global < 1 or int(num_global) != num_global:
-            raise ValueError(f"num_global must be a positive integer, got {num_global}")
-        price = None
-    elif isinstance(price, str):
-        if price != "spread":
-            raise ValueError(f'unknown price rule {price!r}; expected a number or "spread"')
-    elif price is not None and not (price > 0 and np.isfinite(price)):
-        raise ValueError(f"price must be positive and finite, got {price}")
+        if isinstance(num_global, bool) or not isinstance(num_global, (int, np.integer)) or num_global < 1:
+            raise ValueError(f"num_global must be a positive integer, got {num_global!r}")
+        num_global, price = int(num_global), None
+    else:
+        price = as_price(price)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a nonnegative integer, got {seed!r}")
+    if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 0:
+        raise ValueError(f"max_sweeps must be a nonnegative integer, got {max_sweeps!r}")
     if dtype is None:
         dtype = first.dtype
         for client in clients if in_memory else ():
@@ -1061,10 +1041,10 @@ def _fuse(clients, weights, direction, num_global, price, prior, combine, max_sw
                     f"init: client {j} has {len(client.phi)} components, its assignment {len(start[0][j])}"
                 )
     rule_start = time.perf_counter()
-    if num_global is None and price is None:
-        price = _rule_price(default_price(clients, w, direction, prior), "default")
-    elif price == "spread":
-        price = _rule_price(spread_price(clients, w, direction, seed=seed), "spread")
+    if isinstance(price, Price):
+        price, searched = _rule_price(price, clients, w, direction, prior=prior, seed=seed)
+        if start is None and searched is not None:  # the rule's last fusion ran at this price
+            start = _init_assignments(searched, len(clients))
     rule_seconds = time.perf_counter() - rule_start
     rng = np.random.default_rng(seed)
     state = _FusionState(geometry, source, w, price, num_global, rng)
@@ -1081,6 +1061,14 @@ def _fuse(clients, weights, direction, num_global, price, prior, combine, max_sw
         sweeps += 1
         converged = not state.sweep(rng.permutation(len(clients)), objective)
     natural, assignments, support, costs = state.result_parts()
+    if price is not None and len(clients) > 1 and bool((support == 1).all()):
+        warnings.warn(
+            f"fuse: no two clients share a global component at price {price:.4g} ({support.numel()} "
+            "globals, one per local component); if the clients hold versions of the same components, "
+            "a larger price merges them (e.g. price=Price(scale=4.0))",
+            UserWarning,
+            stacklevel=3,
+        )
 
     if combine == "product":
         natural = _product(clients, assignments, prior, support.numel(), device)
@@ -1113,3 +1101,4 @@ def _product(clients, assignments, prior: Components, num_global: int, device) -
         total.index_add_(0, a, client.concat().to(device=device, dtype=torch.float64))
         count.index_add_(0, a, torch.ones(len(a), dtype=torch.float64, device=device))
     return total - (count - 1).unsqueeze(-1) * eta0
+

@@ -25,7 +25,8 @@ from . import io, writeback
 from .barycenter import barycenter
 from .components import Components
 from .expfam import DiagNormal, ExponentialFamily, PointMass, family_from_spec
-from .fusion import FusionResult, client_weights, fuse
+from .components import client_weights
+from .fusion import FusionResult, fuse
 from .simplex import rebuild_simplex
 from .supports import support_name
 

@@ -278,8 +278,14 @@ def test_price_setting():
         Price(3.0)
     models = [lda_model("x"), lda_model("y")]
     assert fuse_lda(models, price=Price("spread")).result.price == fuse_lda(models, price="spread").result.price
-    with pytest.raises(ValueError, match="scaled price"):
-        fuse_lda(models, price=Price("spread", scale=2.0))
+    spread = fuse_lda(models, price="spread").result.price
+    assert fuse_lda(models, price=Price("spread", scale=2.0)).result.price == pytest.approx(2 * spread)
+    default = fuse_lda(models).result.price
+    assert fuse_lda(models, price=Price(scale=0.5)).result.price == pytest.approx(default / 2)
+    assert fuse_lda(models, price="counterpart").result.price == default
+    for bad in ("location", "nope", Price("nope")):  # "location" is fuse_mlps's own rule
+        with pytest.raises(ValueError, match="unknown price rule"):
+            fuse_lda(models, price=bad)
 
 
 # ----- the pieces of fuse_mlps --------------------------------------------------------------
@@ -300,8 +306,9 @@ def test_layer_units_reindex_the_incoming_rows_through_the_previous_layer():
 def test_match_layer_price_rules():
     units = [layer_units(mlp_posterior(s), 0, 1.0) for s in range(3)]
     kwargs = dict(num_global=None, prior_scale=1.0, point_scale=None, direction="reverse", seed=0)
-    location = match_layer(units, None, price=None, **kwargs).price
-    assert match_layer(units, None, price="location", **kwargs).price == location
+    location = match_layer(units, None, price="location", **kwargs).price
+    default = match_layer(units, None, price=None, **kwargs).price
+    assert default == match_layer(units, None, price="counterpart", **kwargs).price != pytest.approx(location)
     assert match_layer(units, None, price=Price("location", 3.0), **kwargs).price == pytest.approx(3 * location)
     assert match_layer(units, None, price=Price("prior"), **kwargs).price != pytest.approx(location)
     assert match_layer(units, None, price=0.25, **kwargs).price == 0.25

@@ -302,7 +302,7 @@ rows("fuse", {
     "negative weight": fuse_row(r"client 1: weight must be positive", weights=[1.0, -1.0, 1.0]),
     "unknown direction": fuse_row(r"unknown direction 'up'", direction="up"),
     "num_global zero": fuse_row(r"num_global must be a positive integer", num_global=0),
-    "negative price": fuse_row(r"price must be positive and finite, got -1", price=-1.0),
+    "negative price": fuse_row(r"price must be positive and finite.*got -1", price=-1.0),
     "unknown price rule": fuse_row(r"unknown price rule 'median'", price="median"),
     "unknown combine": fuse_row(r"unknown combine 'sum'", combine="sum"),
     "product without prior": fuse_row(r"combine=\"product\" needs the prior", combine="product"),

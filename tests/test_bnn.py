@@ -485,7 +485,7 @@ def test_price_rules_and_scale(point_scale):
     clients = [_random_posterior(4, (6,), 3, generator) for _ in range(3)]
     prices = {
         rule: fuse_mlps(clients, point_scale=point_scale, price=rule).result[0].price
-        for rule in PRICE_RULES
+        for rule in PRICE_RULES + ("prior",)
     }
     # point estimates: the prior's scale is the units' own, so both rules agree
     if point_scale is not None:
@@ -513,8 +513,8 @@ def test_price_rules_and_scale(point_scale):
         fuse_mlps(clients, price="median")
     with pytest.raises(ValueError, match="scale must be a positive number"):
         Price(scale=0.0)
-    with pytest.raises(ValueError, match="a scaled price needs one of the rules"):
-        fuse_mlps(clients, price=Price("spread", scale=2.0))
+    spread = fuse_mlps(clients, price="spread").result[0].price
+    assert fuse_mlps(clients, price=Price("spread", scale=2.0)).result[0].price == pytest.approx(2 * spread)
 
 
 @pytest.mark.parametrize("widths", [(6,), (5, 4)])

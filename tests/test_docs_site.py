@@ -1,6 +1,5 @@
 """The built documentation (``make docs``): every public name is in the API reference, and the landing
 page and a tutorial page render in headless Chromium with their figures loaded."""
-import importlib
 import inspect
 import json
 import os

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from pyro_fusion import Components, FusionResult, barycenter, default_price, fuse, kl_cost_matrix, spread_price
+from pyro_fusion import Components, FusionResult, barycenter, fuse, kl_cost_matrix, price_of, spread_price
+from pyro_fusion.price import COST_FLOOR
 from pyro_fusion.expfam import DiagNormal, PointMass
 from pyro_fusion.metrics import hausdorff
 from pyro_fusion.synthetic import gaussian_atoms_problem
@@ -100,7 +101,7 @@ def test_objective_never_increases_on_hard_problems(direction, price_scale, seed
     problem = gaussian_atoms_problem(
         15, 8, 2, noise=1.0, posterior_scale=0.7, atom_scale=2.0, seed=seed, dtype=torch.float64
     )
-    price = price_scale * default_price(problem.clients, direction=direction)
+    price = price_scale * price_of("closest-pair", problem.clients, direction=direction)
     result = fuse(problem.clients, direction=direction, price=price, seed=seed)
     assert len(result.objective) > len(problem.clients)
     assert_objective_never_increases(result)
@@ -199,10 +200,10 @@ def test_product_outside_the_domain_is_an_error():
         fuse(clients, prior=prior, combine="product", price=1.0)
 
 
-def test_default_price_from_prior_recovers_count():
+def test_prior_price_recovers_count():
     problem = gaussian_atoms_problem(10, 6, 2, noise=0.1, posterior_scale=0.1, atom_scale=10.0, seed=2)
     prior = normal_client(torch.zeros(1, 2), 10.0, torch.float32)
-    result = fuse(problem.clients, prior=prior)
+    result = fuse(problem.clients, prior=prior, price="prior")
     assert result.num_global == len(problem.used_atoms)
 
 
@@ -353,7 +354,7 @@ def test_identical_clients_every_family(name, ev, direction):
 @pytest.mark.parametrize("name,ev", FAMILY_CASES)
 def test_objective_never_increases_every_family(name, ev, direction):
     clients = [family_components(name, ev, L, seed) for seed, L in enumerate([3, 5, 4, 2, 5])]
-    price = default_price(clients, direction=direction)
+    price = price_of("closest-pair", clients, direction=direction)
     result = fuse(clients, direction=direction, price=price)
     assert_objective_never_increases(result)
     for client, a in zip(clients, result.assignments):
@@ -523,7 +524,7 @@ def test_warm_start_after_a_price_change(direction, factor):
     problem = gaussian_atoms_problem(
         15, 8, 2, noise=1.0, posterior_scale=0.7, atom_scale=2.0, seed=1, dtype=torch.float64
     )
-    price = default_price(problem.clients, direction=direction)
+    price = price_of("closest-pair", problem.clients, direction=direction)
     first = fuse(problem.clients, direction=direction, price=price)
     warm = fuse(problem.clients, direction=direction, price=factor * price, init=first)
     assert warm.converged
@@ -750,17 +751,16 @@ def test_a_rule_price_that_is_not_positive_is_an_error(monkeypatch):
     import pyro_fusion.fusion as engine
 
     for bad in (float("nan"), float("inf"), 0.0, -1.0):
-        monkeypatch.setattr(engine, "default_price", lambda *args, bad=bad: bad)
-        with pytest.raises(ValueError, match=f"the default price rule gave {bad}"):
+        monkeypatch.setattr(engine, "counterpart_price", lambda *args, bad=bad, **kwargs: bad)
+        with pytest.raises(ValueError, match=f"the counterpart price rule gave {bad}"):
             fuse(_good())
 
 
-def test_default_price_of_identical_components_is_the_floor():
+@pytest.mark.parametrize("rule", ["counterpart", "closest-pair"])
+def test_rule_price_of_identical_components_is_the_floor(rule):
     client = normal_client(torch.zeros(3, 2, dtype=torch.float32), 1.0, torch.float32)
-    from pyro_fusion.fusion import COST_FLOOR
-
-    assert default_price([client, client]) == COST_FLOOR
-    assert fuse([client, client]).num_global == 3
+    assert price_of(rule, [client, client]) == COST_FLOOR
+    assert fuse([client, client], price=rule).num_global == 3
 
 
 def test_large_products_pick_the_faster_thread_count():

@@ -346,14 +346,15 @@ def test_save_load_posteriors_and_cli(tmp_path, capsys):
     assert "evil.pt" in capsys.readouterr().err
     assert cli_main(["fuse", paths[0], str(tmp_path / "nope.safetensors"), "-o", out]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
-    # the price: a number or the spread rule
-    assert cli_main(["fuse", *paths, "-o", out, "--price", "spread"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_global"] == fuse_posteriors(posts, price="spread").num_global
+    # the price: a number or a rule
+    for rule in ("spread", "closest-pair"):
+        assert cli_main(["fuse", *paths, "-o", out, "--price", rule]) == 0
+        assert json.loads(capsys.readouterr().out)["num_global"] == fuse_posteriors(posts, price=rule).num_global
     assert cli_main(["fuse", *paths, "-o", out, "--price", "1e9"]) == 0
     assert json.loads(capsys.readouterr().out)["num_global"] == 3
     with pytest.raises(SystemExit):
         cli_main(["fuse", *paths, "-o", out, "--price", "cheap"])
-    assert 'expected a positive finite number or "spread"' in capsys.readouterr().err
+    assert "expected a positive finite number or a rule of ('counterpart'" in capsys.readouterr().err
 
 
 def test_fused_guide_can_be_extracted_for_the_next_round():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_fusion.adapters.hmm import em_update, fuse_hmms, hmm_components, hmm_statistics, refine_hmm
-from pyro_fusion.fusion import spread_price
+from pyro_fusion import spread_price
 from pyro_fusion.metrics import best_matching_accuracy
 from pyro_fusion.apps.mocap import pooled_standardiser, run_demo, window_features
 from pyro_fusion.models.hmm import (

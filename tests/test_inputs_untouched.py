@@ -36,6 +36,7 @@ from pyro_fusion import (
     FusedPrior,
     PosteriorPrior,
     barycenter,
+    counterpart_price,
     default_price,
     extract,
     fuse,
@@ -43,6 +44,7 @@ from pyro_fusion import (
     fuse_posteriors,
     init_to_fused,
     kl_cost_matrix,
+    price_of,
     spread_price,
 )
 from pyro_fusion.adapters import bnn as bnn_adapter
@@ -312,16 +314,28 @@ for _direction in ("reverse", "forward"):
         return Case((a, b), lambda: kl_cost_matrix(a, b, direction))
 
 
-@case("default_price-prior")
+@case("price_of-prior")
 def _(tmp_path):
     clients, prior, weights = normal_clients(), normal_prior(), torch.tensor([3.0, 1.0, 1.0])
-    return Case((clients, prior, weights), lambda: default_price(clients, weights, "reverse", prior))
+    return Case((clients, prior, weights), lambda: price_of("prior", clients, weights, "reverse", prior=prior))
 
 
-@case("default_price-forward")
+@case("price_of-closest-pair-forward")
 def _(tmp_path):
     clients = mixed_clients()
-    return Case(clients, lambda: default_price(clients, direction="forward"))
+    return Case(clients, lambda: price_of("closest-pair", clients, direction="forward"))
+
+
+@case("counterpart_price-forward")
+def _(tmp_path):
+    clients, weights = mixed_clients(), torch.tensor([2.0, 1.0], dtype=torch.float64)
+    return Case((clients, weights), lambda: counterpart_price(clients, weights, direction="forward"))
+
+
+@case("default_price")
+def _(tmp_path):
+    clients = normal_clients()
+    return Case(clients, lambda: pytest.deprecated_call(default_price, clients))
 
 
 @case("spread_price")

@@ -31,6 +31,7 @@ import torch
 from ..cost import check_direction
 from ..deprecation import warn
 from ..fusion import FusionResult, fuse
+from ..price import Price
 
 __all__ = ["ENGINE_OPTIONS", "FuseSettings", "FusedModel", "FusionAdapter", "Layout", "Price", "front_door"]
 
@@ -66,38 +67,6 @@ class Layout:
         return {"components": dict(self.components), "simplex": {k: list(v) for k, v in self.simplex.items()}}
 
 
-@dataclass(frozen=True)
-class Price:
-    """
-    The price of a new global component as one setting: a price ``rule`` times ``scale``.
-
-    ``price=`` of every front door takes a positive number, a rule name (a family's own rule,
-    e.g. ``"location"`` of :func:`~pyro_fusion.fuse_mlps`, or one that
-    :func:`~pyro_fusion.fuse` understands, e.g. ``"spread"``), one value per matching stage
-    (neural-network layers), or a ``Price``; ``None`` is the family's default rule.
-
-    Example::
-
-        >>> fuse_posteriors(posts, price=Price("spread")).num_global  # a rule by name
-        4
-        >>> Price("location", scale=2.0)  # fuse_mlps's rule, doubled: merges more units
-        Price(rule='location', scale=2.0)
-
-    :param str rule: the rule (None: the family's default).
-    :param float scale: multiplies the rule's price (rules the adapter computes itself).
-    """
-
-    rule: Optional[str] = None
-    scale: float = 1.0
-
-    def __post_init__(self):
-        if self.rule is not None and not isinstance(self.rule, str):
-            raise ValueError(f"Price: rule must be a rule name or None, got {self.rule!r}")
-        number = isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
-        if not (number and 0 < self.scale < float("inf")):
-            raise ValueError(f"Price: scale must be a positive number, got {self.scale!r}")
-
-
 PriceSetting = Union[None, float, str, Price, Sequence[Union[None, float, str, Price]]]
 
 
@@ -108,7 +77,7 @@ class FuseSettings:
 
     :param str direction: ``"reverse"`` or ``"forward"`` (see :func:`~pyro_fusion.fuse`).
     :param num_global: a fixed number of global components (one per stage for networks), or None.
-    :param price: see :class:`Price`.
+    :param price: see :class:`~pyro_fusion.price.Price`.
     :param int seed: seed of the matching.
     :param bool progress: show progress bars.
     """
@@ -141,16 +110,6 @@ class FuseSettings:
         if isinstance(value, (list, tuple)):
             raise ValueError(f"{name}: one value per stage is for layer-wise families, got {value!r}")
         return value
-
-
-def engine_price(price: PriceSetting, adapter_rules: Sequence[str] = ()) -> Union[None, float, str]:
-    """``price`` as :func:`~pyro_fusion.fuse` takes it (a number, a rule name or None), for a
-    price the adapter does not compute itself (``adapter_rules`` are those it does)."""
-    if isinstance(price, Price):
-        if price.rule in adapter_rules or price.scale != 1.0:
-            raise ValueError(f"price {price}: a scaled price needs a rule the family computes ({list(adapter_rules)})")
-        return price.rule
-    return price
 
 
 @dataclass
@@ -237,8 +196,6 @@ class FusionAdapter(ABC):
     family: str = "model"
     #: the KL direction when the caller passes none (listed in the README's table)
     direction: str = "reverse"
-    #: price rules the adapter computes itself (others go to :func:`~pyro_fusion.fuse`)
-    price_rules: Tuple[str, ...] = ()
 
     def __init__(self, **engine_options):
         unknown = set(engine_options) - set(ENGINE_OPTIONS)
@@ -264,7 +221,7 @@ class FusionAdapter(ABC):
         on their :class:`~pyro_fusion.components.Components`)."""
         return fuse(
             local, weights, direction=settings.direction, num_global=settings.single("num_global"),
-            price=engine_price(settings.single("price"), self.price_rules), seed=settings.seed,
+            price=settings.single("price"), seed=settings.seed,
             **self.engine_options,
         )
 
@@ -292,7 +249,7 @@ class FusionAdapter(ABC):
         :param weights: positive client weights (e.g. data sizes), uniform by default.
         :param str direction: KL direction (default the family's, :attr:`direction`).
         :param num_global: a fixed number of global components; default learned.
-        :param price: see :class:`Price`.
+        :param price: see :class:`~pyro_fusion.price.Price`.
         :param int seed: seed of the matching.
         :param bool progress: show progress bars.
         """

@@ -42,13 +42,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..barycenter import barycenter
-from ..components import Components
+from ..components import Components, client_weights
 from ..cost import KLGeometry
 from ..deprecation import moved, warn
 from ..expfam.base import base_distribution, check_positive_real
-from ..fusion import FusionResult, client_weights, default_price, fuse
+from ..fusion import FusionResult, fuse
 from ..models.bnn import BayesianMLP, delta_guide, normal_guide, normal_posterior
-from .base import FusedModel, FuseSettings, FusionAdapter, Layout, Price, front_door
+from ..price import RULES, Price
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, front_door
 
 __all__ = [
     "MLPAdapter",
@@ -64,8 +65,9 @@ __all__ = [
     "write_mlp",
 ]
 
-#: the price rules :func:`fuse_mlps` computes itself (see :func:`match_layer`)
-PRICE_RULES = ("location", "prior")
+#: the price rule :func:`fuse_mlps` computes itself (see :func:`match_layer`); the others are
+#: :func:`~pyro_fusion.fuse`'s (:data:`pyro_fusion.price.RULES`)
+PRICE_RULES = ("location",)
 
 #: a layer's units: field (``"weight"``, ``"bias"``, ``"out"``) -> ``(loc, scale)``, first dim indexing units
 Units = Dict[str, Tuple[Tensor, Tensor]]
@@ -143,20 +145,14 @@ def match_layer(
     """
     Per-layer matching: :func:`~pyro_fusion.fuse` of the clients' units (from :func:`layer_units`)
     with the prior ``Normal(0, prior_scale)`` as prior component, at a price set by ``price``:
-    a number, a rule name of :func:`~pyro_fusion.fuse`, or one of :data:`PRICE_RULES` (also as
-    a :class:`~pyro_fusion.adapters.base.Price`, whose ``scale`` multiplies it; None is
-    ``"location"``). A rule's price is the median over the clients' local units ``l`` of
-    ``w_j D_l`` (client weights normalised to mean 1) with
-
-    - ``"location"``: ``D_l = sum (loc / scale)**2 / 2`` over the unit's fields, i.e.
-      ``KL(q_l || Normal(0, scale_l))``: how far the unit is from the prior's *location*,
-      measured in its own scales (``point_scale`` for point estimates, where this is the
-      same as ``"prior"``). A matched partner shares the unit's precision, so only its
-      location is what the unit is worth beyond the prior.
-    - ``"prior"``: ``D_l = KL(q_l || Normal(0, prior_scale))``
-      (:func:`~pyro_fusion.default_price` with the prior as ``p0``). It also counts the
-      information in the scales, ``log(prior_scale / scale)`` per weight, which for trained
-      networks dominates and merges far more units (README, "Bayesian neural networks").
+    a number, a rule of :func:`~pyro_fusion.fuse` (default ``"counterpart"``; ``"prior"``:
+    ``KL(unit || Normal(0, prior_scale))``, which for trained networks is dominated by the
+    information in the scales and merges far more units), or ``"location"``, the default before
+    0.2: the median over the clients' local units ``l`` of ``w_j D_l`` (client weights
+    normalised to mean 1) with ``D_l = sum (loc / scale)**2 / 2`` over the unit's fields, i.e.
+    ``KL(q_l || Normal(0, scale_l))``: how far the unit is from the prior's *location*, in its
+    own scales (``point_scale`` for point estimates). Any of these as a
+    :class:`~pyro_fusion.price.Price` with a ``scale`` multiplies it.
 
     With a default price the result does not depend on ``point_scale``: the costs and the price
     both scale as ``1 / point_scale**2``.
@@ -179,20 +175,12 @@ def match_layer(
         },
         point_scale,
     )
-    if price is None or isinstance(price, str) and price in PRICE_RULES:
+    if isinstance(price, str) and price in PRICE_RULES:
         price = Price(price)
-    if isinstance(price, Price):
-        rule = price.rule or "location"
-        if rule not in PRICE_RULES:
-            if price.scale != 1.0:
-                raise ValueError(f"price {price}: a scaled price needs one of the rules {PRICE_RULES}")
-            price = rule
-        elif num_global is not None:
-            price = None
-        elif rule == "prior":
-            price = default_price(clients, weights, direction, prior) * price.scale
-        else:
-            price = _location_price(units, weights, point_scale) * price.scale
+    if num_global is not None:
+        price = None
+    elif isinstance(price, Price) and price.rule in PRICE_RULES:
+        price = _location_price(units, weights, point_scale) * price.scale
     return fuse(
         clients, weights, direction=direction, price=price, num_global=num_global, prior=prior, seed=seed,
         **engine_options,
@@ -348,8 +336,6 @@ class MLPAdapter(FusionAdapter):
     """
 
     family = "MLP"
-    price_rules = PRICE_RULES
-
     def __init__(
         self,
         *,
@@ -379,8 +365,8 @@ class MLPAdapter(FusionAdapter):
         if rule is not None or scale is not None:
             new = f"price=Price({rule!r}, scale={1.0 if scale is None else scale})"
             warn("fuse_mlps(price_rule=..., price_scale=...)", new if price is None else "price= alone", stacklevel=4)
-            if rule is not None and rule not in PRICE_RULES:
-                raise ValueError(f"unknown price_rule {rule!r}; expected one of {PRICE_RULES}")
+            if rule is not None and rule not in PRICE_RULES + RULES:
+                raise ValueError(f"unknown price_rule {rule!r}; expected one of {PRICE_RULES + RULES}")
             if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
                 raise ValueError(f"price_scale must be positive, got {scale}")
             if price is None:
@@ -486,9 +472,9 @@ Example::
 :param str direction: KL direction, see :func:`~pyro_fusion.fuse`.
 :param num_global: parametric mode: fused width, one for all layers or one per layer.
 :param price: price of a global unit, one for all hidden layers or one per layer: a number,
-    ``"location"`` (default) or ``"prior"`` (:func:`match_layer`), a :class:`~pyro_fusion.Price`
-    of those with a ``scale`` (below 1 keeps more units, above 1 merges more), or a rule name
-    of :func:`~pyro_fusion.fuse`.
+    a rule name of :func:`~pyro_fusion.fuse` (default ``"counterpart"``) or ``"location"``
+    (:func:`match_layer`), or a :class:`~pyro_fusion.Price` of those with a ``scale`` (below 1
+    keeps more units, above 1 merges more).
 :param int seed: seed of :func:`~pyro_fusion.fuse`.
 :param bool progress: show a progress bar over the layers.
 :param family_options: :class:`MLPAdapter` options (``prior_scale``, ``point_scale``,

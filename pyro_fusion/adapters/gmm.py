@@ -72,8 +72,8 @@ last one fitted in a process still holds its values.
     ``weight`` if all have one, else uniform.
 :param str direction: KL direction (see :func:`~pyro_fusion.fuse`).
 :param int num_global: a fixed number of mixture components (default learned).
-:param price: a number or a rule name of :func:`~pyro_fusion.fuse` (``"spread"`` keeps close
-    components apart when no client holds both, ``benchmarks/gmm_paper.py``).
+:param price: a number, a rule name of :func:`~pyro_fusion.fuse` or a
+    :class:`~pyro_fusion.price.Price`; default :func:`~pyro_fusion.price.counterpart_price`.
 :param int seed: seed of the matching.
 :param bool progress: show progress bars.
 :param family_options: :class:`GMMAdapter` options (``prior``, ``simplex_concentration``,

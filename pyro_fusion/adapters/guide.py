@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 from ..posterior import FusedPosterior, GuidePosterior, component_indexed_sites
 from ..readout import extract
-from .base import FusedModel, FuseSettings, FusionAdapter, Layout, engine_price, front_door
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, front_door
 
 __all__ = ["GuideAdapter", "fuse_posteriors"]
 
@@ -39,8 +39,8 @@ class GuideAdapter(FusionAdapter):
         must be sized to the global components).
     :param float simplex_concentration: see :meth:`FusedPosterior.from_posteriors
         <pyro_fusion.posterior.FusedPosterior.from_posteriors>`.
-    :param prior: one prior :class:`~pyro_fusion.components.Components` (sets the default
-        price; needed by ``combine="product"``).
+    :param prior: one prior :class:`~pyro_fusion.components.Components` (read by the
+        ``"prior"`` price rule; needed by ``combine="product"``).
     :param engine_options: ``combine``, ``max_sweeps``, ``dtype`` of :func:`~pyro_fusion.fuse`.
     """
 
@@ -111,7 +111,7 @@ class GuideAdapter(FusionAdapter):
         extra = {} if self.prior is None else {"prior": self.prior}
         return FusedPosterior.from_posteriors(
             local, weights, simplex_concentration=self.simplex_concentration, direction=settings.direction,
-            num_global=settings.single("num_global"), price=engine_price(settings.single("price")),
+            num_global=settings.single("num_global"), price=settings.single("price"),
             seed=settings.seed, **extra, **self.engine_options,
         )
 
@@ -146,8 +146,9 @@ Example::
     else uniform.
 :param str direction: KL direction (see :func:`~pyro_fusion.fuse`).
 :param int num_global: a fixed number of global components (default learned).
-:param price: price of a global component: a number or a rule name of
-    :func:`~pyro_fusion.fuse` (e.g. ``"spread"``); default its default rule.
+:param price: price of a global component: a number, a rule name of
+    :func:`~pyro_fusion.fuse` or a :class:`~pyro_fusion.price.Price`; default
+    :func:`~pyro_fusion.price.counterpart_price`.
 :param int seed: seed of the matching.
 :param bool progress: show progress bars (accepted for the common signature; reading and
     matching guides is quick).

@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 
 from ..components import Components
 from ..deprecation import moved, rename_kwargs, warn
-from ..fusion import FusionResult, fuse, spread_price
+from ..fusion import FusionResult, fuse, price_of
 from ..models.hmm import FittedHMM, HMMParams, HMMPrior, forward_backward, gaussian_hmm_model
 from ..simplex import rebuild_simplex
-from .base import FusedModel, FuseSettings, FusionAdapter, Layout, engine_price, front_door
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, front_door
 
 __all__ = [
     "HMMAdapter",
@@ -133,8 +133,8 @@ class HMMAdapter(FusionAdapter):
 
     The assignment problem is non-convex and the result depends on the order in which
     clients are matched, so fusion runs from ``restarts`` client orders (seeds ``seed``,
-    ``seed + 1``, ...) and keeps the result with the lowest objective (``price="spread"`` is
-    computed once, so the restarts compare).
+    ``seed + 1``, ...) and keeps the result with the lowest objective (the price is computed
+    once, so the restarts compare).
 
     :param HMMPrior prior: the prior every client used (its concentrations fill unseen entries).
     :param float min_occupancy: pruning threshold, in expected frames.
@@ -188,12 +188,12 @@ class HMMAdapter(FusionAdapter):
 
     def match(self, local: List[HMMReadout], weights, settings: FuseSettings) -> FusionResult:
         clients = [r.components for r in local]
-        price = engine_price(settings.single("price"))
-        if price == "spread":  # one price for all restarts, so they compare
-            price = spread_price(clients, weights, direction=settings.direction, seed=settings.seed)
+        price, num_global = settings.single("price"), settings.single("num_global")
+        if num_global is None:  # one price for all restarts, so they compare
+            price = price_of(price, clients, weights, direction=settings.direction, seed=settings.seed)
         runs = [
             fuse(
-                clients, weights, direction=settings.direction, num_global=settings.single("num_global"),
+                clients, weights, direction=settings.direction, num_global=num_global,
                 price=price, seed=settings.seed + r, **self.engine_options,
             )
             for r in tqdm(range(self.restarts), desc="HMM fusion restarts", disable=not settings.progress)
@@ -243,8 +243,8 @@ Example::
     transition counts carry the clients' numbers of frames).
 :param str direction: KL direction, ``"forward"`` by default (see :class:`HMMAdapter`).
 :param int num_global: a fixed number of global states (default learned).
-:param price: a number or a rule name of :func:`~pyro_fusion.fuse`; default
-    :func:`~pyro_fusion.default_price`.
+:param price: a number, a rule name of :func:`~pyro_fusion.fuse` or a
+    :class:`~pyro_fusion.price.Price`; default :func:`~pyro_fusion.price.counterpart_price`.
 :param int seed: seed of the first restart.
 :param bool progress: show a progress bar over the restarts.
 :param family_options: :class:`HMMAdapter` options (``prior``, ``min_occupancy``,

@@ -31,7 +31,7 @@ from ..components import Components
 from ..deprecation import moved
 from ..fusion import FusionResult, fuse
 from ..models.lda import LDA
-from .base import FusedModel, FuseSettings, FusionAdapter, Layout, engine_price, front_door
+from .base import FusedModel, FuseSettings, FusionAdapter, Layout, front_door
 
 __all__ = [
     "FIELD",
@@ -166,7 +166,7 @@ class LDAAdapter(FusionAdapter):
     module docstring).
 
     Matches topics across clients with :func:`~pyro_fusion.fuse` (nonparametric by default, with the topic
-    prior ``Dirichlet(topic_prior)`` as prior component, which sets the default price) and writes a new
+    prior ``Dirichlet(topic_prior)`` as prior component, which the ``"prior"`` price rule reads) and writes a new
     :class:`~pyro_fusion.models.lda.LDA` whose guide is filled with the fused topics: its
     :meth:`~pyro_fusion.models.lda.LDA.dirichlet_guide` starts at the fused concentrations (param
     ``"{name}.topic_concentration"``), or for AutoNormal clients its
@@ -177,9 +177,11 @@ class LDAAdapter(FusionAdapter):
     with Adam) is untrained: encoders of different vocabularies are not comparable.
 
     On real corpora the posteriors of topics are sharp (thousands of words each), so the KL between two clients'
-    versions of "the same" topic is large (on AP, 5 random clients: 5e4 to 2e5 nats) next to the default price
-    (median KL to the prior, about 3e3): nonparametric fusion then keeps nearly every local topic. Pass
-    ``num_global`` (e.g. the clients' number of topics) to force a fixed number of fused topics.
+    versions of "the same" topic is large (on AP, 5 random clients: 5e4 to 2e5 nats) next to the median KL to
+    the prior (about 3e3, the ``"prior"`` rule, which keeps nearly every local topic); the default
+    ``"counterpart"`` rule reads the price off the clients' nearest cross-client topics instead (user guide,
+    "Choosing the price"). Pass ``num_global`` (e.g. the clients' number of topics) to force a fixed number of
+    fused topics.
 
     :param str name: parameter-name prefix of the fused model.
     :param Components prior: the prior component (default the clients' topic prior).
@@ -221,7 +223,7 @@ class LDAAdapter(FusionAdapter):
             prior = topic_prior_component(ref.topic_prior, len(ref.vocab), clients[0])
         return fuse(
             clients, weights, direction=settings.direction, num_global=settings.single("num_global"),
-            price=engine_price(settings.single("price")), prior=prior, seed=settings.seed, **self.engine_options,
+            price=settings.single("price"), prior=prior, seed=settings.seed, **self.engine_options,
         )
 
     def write(self, result: FusionResult, local: List[LDAReadout], settings: FuseSettings) -> FusedModel:
@@ -256,8 +258,9 @@ Example::
 :param weights: client weights for the barycenters, e.g. their numbers of words.
 :param str direction: KL direction (see :func:`~pyro_fusion.fuse`).
 :param int num_global: a fixed number of global topics (default learned).
-:param price: a number or a rule name of :func:`~pyro_fusion.fuse`; default the median KL of a
-    topic to the topic prior.
+:param price: a number, a rule name of :func:`~pyro_fusion.fuse` or a
+    :class:`~pyro_fusion.price.Price`; default :func:`~pyro_fusion.price.counterpart_price`
+    (``"prior"``: the median KL of a topic to the topic prior, the default before 0.2).
 :param int seed: seed of the matching.
 :param bool progress: accepted for the common signature (fusing topics is quick).
 :param family_options: :class:`LDAAdapter` options (``name``, ``prior``, ``combine``,

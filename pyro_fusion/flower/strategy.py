@@ -91,7 +91,8 @@ class KLFusion(FedAvg):
     :param int max_num_examples: the largest ``num-examples`` a reply may claim.
     :param float prior_scale: if given (and ``fuse_kwargs`` has no ``prior``), the clients'
         prior ``Normal(0, prior_scale)`` on every component field, in the guides'
-        unconstrained space; it sets the default price of a global component.
+        unconstrained space (read by ``price="prior"`` and ``combine="product"``; the default
+        price rule, ``"counterpart"``, needs no prior).
     :param dict fuse_kwargs: options of :meth:`FusedPosterior.from_posteriors
         <pyro_fusion.posterior.FusedPosterior.from_posteriors>`, the matching step of
         :func:`~pyro_fusion.fuse_posteriors` (``direction``, ``price``, ``num_global``,
