@@ -84,9 +84,3 @@ def assign_edges(num_rows: int, rows: Tensor, cols: Tensor, values: Tensor, pric
     matched = matched_cols < sub.shape[1]
     result[row_ids[torch.as_tensor(matched_rows[matched])]] = col_ids[sub_ids[torch.as_tensor(matched_cols[matched])]]
     return result
-    sub = cost[row_idx][:, col_idx].double().numpy()
-    padded = np.concatenate([sub, np.full((sub.shape[0], sub.shape[0]), float(price))], 1)
-    rows, cols = linear_sum_assignment(padded)
-    matched = cols < sub.shape[1]
-    result[row_idx[torch.as_tensor(rows[matched])]] = col_idx[torch.as_tensor(cols[matched])]
-    return result

@@ -42,7 +42,6 @@ from .components import FLOAT_DTYPES, Components
 from .cost import DIRECTIONS
 from .deprecation import moved
 from .expfam import family_from_spec
-from .expfam.base import check_shape
 from .simplex import check_simplex
 
 FORMAT = "pyro_fusion"
