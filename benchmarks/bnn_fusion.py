@@ -11,7 +11,7 @@ nats per example):
 - ``ensemble``: the average of the J local predictive distributions;
 - ``naive_average``: one round of FedAvg on the guide parameters (elementwise average);
 - ``fused``: :func:`~pyro_fusion.adapters.bnn.fuse_mlps` (KL-fusion, reverse KL by default,
-  ``"location"`` price rule), no retraining;
+  default price rule ``"counterpart"``), no retraining;
 - ``fused_class_counts``: ``fused`` with the clients' label histograms (``class_counts``): each
   class's logit weighted by the clients' share of that class's examples;
 - ``fused_point``: the same engine on the posterior means only (PointMass family, a point
@@ -33,7 +33,7 @@ Prints one JSON list, one object per setting (``seconds``: wall clock, ``cpu_sec
 process's CPU time, the better measure on a shared machine). ``--small`` runs a reduced version
 for tests.
 Usage: ``python benchmarks/bnn_fusion.py [--small] [--threads 1] [--layers 1]
-[--datasets mnist] [--label-prior no|yes] [--price-rule location|prior] [--price-scale 1]
+[--datasets mnist] [--label-prior no|yes] [--price-rule counterpart|location|...] [--price-scale 1]
 [--direction reverse|forward] [--combine average|product] [--min-steps 0]``.
 ``--min-steps 1000`` trains every client long enough for its guide's scales to converge
 (the default 10 epochs leave each client's scales set by its number of steps).
@@ -58,6 +58,7 @@ from _environment import data_path
 
 from pyro_fusion import PosteriorPrior, Price, fuse_mlps
 from pyro_fusion.adapters.bnn import PRICE_RULES, naive_average
+from pyro_fusion.price import RULES
 from pyro_fusion.datasets.mnist import load_fashion_mnist, load_mnist, split_clients
 from pyro_fusion.models.bnn import (
     BayesianMLP,
@@ -112,7 +113,7 @@ def run_setting(
     num_samples: int = 20,
     train_size: Optional[int] = None,
     test_size: Optional[int] = None,
-    price_rule: str = "location",
+    price_rule: str = "counterpart",
     price_scale: float = 1.0,
     direction: str = "reverse",
     combine: str = "average",
@@ -254,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
         help="torch threads of this process (default 1: the machine is shared)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--price-rule", choices=PRICE_RULES, default="location")
+    parser.add_argument("--price-rule", choices=RULES + PRICE_RULES, default=RULES[0])
     parser.add_argument("--price-scale", type=float, default=1.0, help="multiplies the price")
     parser.add_argument("--direction", choices=("reverse", "forward"), default="reverse")
     parser.add_argument("--combine", choices=("average", "product"), default="average")

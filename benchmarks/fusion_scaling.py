@@ -17,7 +17,7 @@ distance between fused means and those atoms, sweeps, convergence and whether th
 objective never increased. ``--omp-compare`` runs every case twice, with
 ``OMP_WAIT_POLICY=PASSIVE`` and without it, and adds their time ratio. Prints one JSON object.
 Usage: ``python benchmarks/fusion_scaling.py [--cases small|all|federated] [--repeats 3]
-[--threads T] [--price default|spread|NUMBER] [--omp-compare]``.
+[--threads T] [--price default|counterpart|spread|closest-pair|NUMBER] [--omp-compare]``.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from _environment import run_environment
 
 from pyro_fusion import fuse
 from pyro_fusion.metrics import hausdorff
+from pyro_fusion.price import RULES
 from pyro_fusion.synthetic import gaussian_atoms_problem
 
 #: keyword arguments of gaussian_atoms_problem for the federated cases
@@ -48,10 +49,10 @@ CASES = {
         (300, 50, 100, {}, "default"),
         (1000, 50, 100, {}, "default"),
     ],
-    "federated": [(1000, 100, 1000, FEDERATED, "spread"), (1000, 1000, 1000, FEDERATED, "spread")],
+    "federated": [(1000, 100, 1000, FEDERATED, "default"), (1000, 1000, 1000, FEDERATED, "default")],
 }
-#: price rule name -> fuse's price argument
-PRICES = {"default": None, "spread": "spread"}
+#: price rule name -> fuse's price argument ("default": fuse's default rule, counterpart)
+PRICES = {"default": None, **{rule: rule for rule in RULES}}
 
 
 def _gb(kilobytes: float) -> float:
@@ -125,7 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--price", default=None, help="price rule (default, spread) or a number for every case")
+    parser.add_argument("--price", default=None, help="price rule (default, " + ", ".join(RULES) + ") or a number for every case")
     parser.add_argument("--omp-compare", action="store_true", help="run each case with and without OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--run-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

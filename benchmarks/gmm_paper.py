@@ -16,12 +16,10 @@ Each group fits :func:`~pyro_fusion.models.gmm.gmm_model` (full covariances with
 its own number of components = the number it kept, as in the released code, which fits
 scikit-learn's variational ``BayesianGaussianMixture`` instead) with an AutoNormal guide
 started from k-means++ on its data and trained by ``--steps`` SVI steps; the guides are
-extracted and fused nonparametrically (reverse KL) with the price rule ``--price``:
-``spread`` (default, :func:`~pyro_fusion.fusion.spread_price`: 40 times the median cost of a
-matched component to its global; the multiple 40 was chosen on seeds 0-9 and checked on seeds
-10-19), ``closest-pair`` (:func:`~pyro_fusion.fusion.default_price` without a prior) or
-``prior`` (:func:`~pyro_fusion.fusion.default_price` with
-:func:`~pyro_fusion.models.gmm.prior_component` of the model's own prior).
+extracted and fused nonparametrically (reverse KL) with the price rule ``--price`` of
+:mod:`pyro_fusion.price`: ``counterpart`` (the library's default, chosen on seeds 0-9 and
+reported on seeds 10-19), ``spread``, ``closest-pair`` (the default before 0.2) or ``prior``
+(with :func:`~pyro_fusion.models.gmm.prior_component` of the model's own prior).
 Baseline: k-means on the pooled data with ``k`` = the true number of components (8 k-means++
 restarts, as the released code's ``KMeans(n_init=8)``).
 
@@ -30,7 +28,7 @@ Metrics between fused (or k-means) means and the true means: ``hausdorff`` and `
 
 Prints one JSON object ``{"config": ..., "runs": [...], "summary": {L: ...}}``.
 Usage: ``python benchmarks/gmm_paper.py [--small] [--seeds 10] [--first-seed 0] [--L 3 10]
-[--separation 1.0] [--price spread]``.
+[--separation 1.0] [--price counterpart]``.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from pyro_fusion import extract, fuse_posteriors
 from pyro_fusion.metrics import hausdorff, ot_distance
 from pyro_fusion.models.clustering import kmeans
 from pyro_fusion.models.gmm import GMMPrior, fit_gmm, gmm_sites, prior_component
+from pyro_fusion.price import RULES
 
 
 def make_spd_matrix(rng: np.random.Generator, dim: int, diag: float) -> np.ndarray:
@@ -98,10 +97,8 @@ def run(num_global: int, seed: int, args) -> dict[str, object]:
         guide = fit_gmm(data, len(kept[j]), num_steps=args.steps, seed=1000 * seed + j, prior=prior)
         posteriors.append(extract(guide, **gmm_sites(prior), weight=len(data)))
     fit_seconds = time.perf_counter() - start
-    fuse_kwargs = {"seed": seed}
-    if args.price == "spread":
-        fuse_kwargs["price"] = "spread"
-    elif args.price == "prior":
+    fuse_kwargs = {"seed": seed, "price": args.price}
+    if args.price == "prior":
         fuse_kwargs["prior"] = prior_component(prior, true_means.shape[-1])
     fused = fuse_posteriors(posteriors, **fuse_kwargs)  # any guide; prior= is a prior component
     fused_means, _ = fused.posterior.loc_scale("locs")
@@ -145,7 +142,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=300, help="SVI steps per group (100 leaves overlapping components unresolved: 6/10 vs 7/10 exact counts at L=3)")
     parser.add_argument("--separation", type=float, default=1.0,
                         help="variance of the global means per component (released code: 0.1, 0.5 or 1)")
-    parser.add_argument("--price", choices=["spread", "closest-pair", "prior"], default="spread",
+    parser.add_argument("--price", choices=RULES, default=RULES[0],
                         help="rule for the price of a global component")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--threads", type=int, default=1)

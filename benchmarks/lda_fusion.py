@@ -47,6 +47,7 @@ from pyro_fusion.datasets.ap import load_ap
 from pyro_fusion.datasets.brown import load_brown
 from pyro_fusion.metrics.topics import document_completion, topic_word_matrix, umass_coherence
 from pyro_fusion.models.lda import LDA
+from pyro_fusion.price import RULES
 from pyro_fusion.sparse_counts import SparseCounts
 
 TEST_FRACTION = 0.2
@@ -248,6 +249,11 @@ def summarize(runs: list) -> dict:
     return summary
 
 
+def _price(text: str):
+    """``--price``: a rule name or a positive number."""
+    return text if text in RULES else float(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--small", action="store_true", help="few documents and passes (a smoke run)")
@@ -255,7 +261,8 @@ def main():
     parser.add_argument("--topics", type=int, default=10)
     parser.add_argument("--passes", type=float, default=None, help="passes over each training corpus")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0], help="one run per seed")
-    parser.add_argument("--price", type=float, default=None, help="price of a global topic (default: fuse's)")
+    parser.add_argument("--price", type=_price, default=None,
+                        help="price of a global topic: a number or a rule of pyro_fusion.price (default: fuse's)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small matrix products: one thread is much faster on a shared machine
