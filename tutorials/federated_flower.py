@@ -175,7 +175,7 @@ def _posterior(arrays: ArrayRecord) -> dict:
 #
 # `KLFusion` validates every reply (sender, keys, shapes against the declared ones and
 # `max_width`, finite values, domains, `num-examples`, format version and round), fuses the
-# accepted ones with the clients' `Normal(0, 1)` prior setting the price of a new unit,
+# accepted ones (the price of a new unit from the replies' own units, the default rule),
 # and keeps each round's assignments, width and rejections in `strategy.history`. The
 # global model is evaluated on the test set after every round.
 

@@ -77,7 +77,7 @@ pyro.clear_param_store()  # only the extracted posteriors leave the parties
 # `fuse_gmms` matches the parties' components, averages the matched ones, and writes the
 # result back as a Gaussian mixture of the global size. Nonparametric fusion finds the number of
 # global components itself (the price of a new global component is set from the parties' own
-# components, see `pyro_fusion.default_price`). Like every `fuse_*` function it returns a
+# components, see `pyro_fusion.counterpart_price`). Like every `fuse_*` function it returns a
 # `FusedModel`: `.model`, `.guide`, `.posterior` (here a `FusedPosterior`) and `.result`.
 
 # %%
@@ -91,11 +91,12 @@ print("fused mixture weights:", fused.posterior.simplex["weights"][1])
 print("Hausdorff distance to the true means:", hausdorff(fused_locs, true_locs))
 
 # %% [markdown]
-# The price decides when a local component opens a new global one. The default compares a
-# component's cost with the cost between two components of one party; `price="spread"`
-# (`pyro_fusion.spread_price`) compares it with the spread between versions of one component,
-# which keeps close clusters apart even when no party holds both (the paper's simulation,
-# `benchmarks/gmm_paper.py`, uses it).
+# The price decides when a local component opens a new global one. The default rule puts it
+# between the typical cost of a component's counterpart in another party and the cost of the
+# runner-up there, a component certainly different from it; `price="spread"`
+# (`pyro_fusion.spread_price`) sets it from the spread between versions of one component
+# found by fusing, and `price="closest-pair"` (the default before 0.2) from the cost between
+# two components of one party. The user guide's "Choosing the price" compares them.
 
 # %%
 print("global components with price='spread':", fuse_gmms(posteriors, price="spread").num_global)

@@ -112,8 +112,8 @@ print({field: tuple(d.batch_shape) for field, d in components.distributions().it
 #
 # `fuse_hmms` prunes empty states, calls `pyro_fusion.fuse` on all clients' states in the
 # forward direction (its default for HMMs: each global state is the moment-matched cover of its
-# clients' states) with a price per global state (the median distance between two states of one
-# client), and rebuilds the global transition matrix by summing the clients' expected transition
+# clients' states) with a price per global state (the default rule, from the cost of a state's
+# counterpart in another client and of the runner-up there), and rebuilds the global transition matrix by summing the clients' expected transition
 # counts in the global state space. Like every `fuse_*` function it returns a `FusedModel`; for
 # HMMs its `params` are the global HMM and `assignments` map each client's states to global ones
 # (-1: pruned).
