@@ -188,3 +188,11 @@ def client_weights(weights, num_clients: int) -> Tensor:
         if not (torch.isfinite(w[j]) and w[j] > 0):
             raise ValueError(f"client {j}: weight must be positive and finite, got {float(w[j])}")
     return w / w.mean()
+
+
+def check_prior(prior: Components, client: Components) -> None:
+    """Checks that ``prior`` is one component with the fields and families of ``client`` (its
+    errors call the prior client 1)."""
+    check_clients([client, prior])
+    if len(prior) != 1:
+        raise ValueError(f"prior must be one component, got {len(prior)}")

@@ -40,18 +40,21 @@ import torch
 from torch import Tensor
 
 from .assignment import NEW, assign_edges, assign_rows
-from .components import Components, check_client, check_clients, client_weights
+from .components import Components, check_client, check_clients, check_prior, client_weights
 from .cost import KLGeometry, balance, check_direction, refine, review
 from .deprecation import warn
 from .price import (
     COST_FLOOR,
+    COUNTERPART_MULTIPLE,
+    COUNTERPART_SAMPLE,
+    COUNTERPART_WEIGHT,
     RULES,
     SPREAD_MULTIPLE,
     Price,
+    _closest_pair_price,
+    _counterpart_price,
+    _prior_price,
     as_price,
-    closest_pair_price,
-    counterpart_price,
-    prior_price,
 )
 from .threads import engine_threads, gemm_threads
 
@@ -755,22 +758,22 @@ def spread_price(
         components (a random subset), which bounds its work at ``max_rows`` x all components.
     :param int seed: seed of that subset and of the fusions' client order.
     """
-    return _spread_search(clients, weights, direction, multiple, iterations, max_rows, seed)[0]
-
-
-def _spread_search(clients, weights, direction, multiple, iterations, max_rows, seed):
-    """:func:`spread_price` and the last fusion it ran (at the returned price, or at the one
-    before when ``iterations`` ran out)."""
     clients = list(clients)
     check_clients(clients)
+    check_direction(direction)
+    w = client_weights(weights, len(clients))
+    return _spread_search(clients, w, direction, multiple, iterations, max_rows, seed)[0]
+
+
+def _spread_search(clients, w, direction, multiple, iterations, max_rows, seed):
+    """:func:`spread_price` of checked clients with normalised weights ``w``, and the last
+    fusion it ran (at the returned price, or at the one before when ``iterations`` ran out)."""
     if len(clients) < 2:
         raise ValueError("spread_price needs at least two clients")
-    check_direction(direction)
     if not 0 < multiple < math.inf:
         raise ValueError(f"multiple must be positive and finite, got {multiple}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    w = client_weights(weights, len(clients))
     geometry = KLGeometry(clients[0].families, direction)
     xs = [geometry.coordinates(c.concat().double()) for c in clients]
     price = multiple * _nearest_cost_median(geometry, xs, w, max_rows, seed)
@@ -828,21 +831,24 @@ def _checked(price: float, rule: str) -> float:
 def _rule_price(
     price, clients, weights=None, direction: str = "reverse", *, prior=None, seed: int = 0
 ) -> Tuple[float, Optional["FusionResult"]]:
-    """:func:`price_of`, and for ``"spread"`` the last fusion its search ran (a warm start
-    that converges in one sweep at that price); ``weights`` are already normalised."""
+    """:func:`price_of` of checked clients (in memory, or read on access and checked by the
+    engine), and for ``"spread"`` the last fusion its search ran (a warm start that converges
+    in one sweep at that price); ``weights`` are already normalised."""
     price = as_price(price)
     if not isinstance(price, Price):
         return price, None
     rule = price.rule or RULES[0]
     fusion = None
     if rule == "counterpart":
-        value = counterpart_price(clients, weights, direction, seed=seed)
+        value = _counterpart_price(
+            clients, weights, direction, COUNTERPART_MULTIPLE, COUNTERPART_WEIGHT, COUNTERPART_SAMPLE, seed
+        )
     elif rule == "closest-pair":
-        value = closest_pair_price(clients, weights, direction)
+        value = _closest_pair_price(clients, weights, direction)
     elif rule == "prior":
         if prior is None:
             raise ValueError('price rule "prior" needs the clients\' prior (prior=...)')
-        value = prior_price(clients, prior, weights)
+        value = _prior_price(clients, prior, weights)
     else:
         value, fusion = _spread_search(clients, weights, direction, SPREAD_MULTIPLE, 4, 2048, seed)
         if price.scale != 1.0 or fusion.price != value:
@@ -872,7 +878,7 @@ def price_of(
         40.5
 
     :param price: a positive number, a rule name of :data:`RULES`, a :class:`Price` or None
-        (the default rule, :func:`counterpart_price`).
+        (the default rule, :func:`~pyro_fusion.price.counterpart_price`).
     :param list clients: the clients' :class:`Components`.
     :param weights: client weights, default uniform.
     :param str direction: the KL direction of the cost.
@@ -881,6 +887,8 @@ def price_of(
     """
     clients = list(clients)
     check_clients(clients)
+    if prior is not None:
+        check_prior(prior, clients[0])
     return _rule_price(price, clients, client_weights(weights, len(clients)), direction, prior=prior, seed=seed)[0]
 
 
@@ -1005,9 +1013,7 @@ def _fuse(clients, weights, direction, num_global, price, prior, combine, max_sw
         check_client(0, first, first)
     families = first.families
     if prior is not None:
-        check_clients([first, prior])
-        if len(prior) != 1:
-            raise ValueError(f"prior must be one component, got {len(prior)}")
+        check_prior(prior, first)
     if combine == "product" and prior is None:
         raise ValueError('combine="product" needs the prior the clients shared (prior=...)')
     if num_global is not None:

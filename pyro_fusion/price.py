@@ -32,11 +32,12 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .components import Components, check_clients, client_weights
+from .components import Components, check_clients, check_prior, client_weights
 from .cost import KLGeometry, check_direction
 
 __all__ = [
     "COST_FLOOR",
+    "COUNTERPART_SAMPLE",
     "COUNTERPART_MULTIPLE",
     "COUNTERPART_WEIGHT",
     "RULES",
@@ -56,6 +57,9 @@ COST_FLOOR = 1e-3
 COUNTERPART_MULTIPLE = 1.5
 #: ``weight`` of :func:`counterpart_price`
 COUNTERPART_WEIGHT = 0.75
+#: default ``max_anchors``, ``max_others`` and ``max_rows`` of :func:`counterpart_price`: the
+#: clients whose components are measured, the clients each is compared with, the components measured
+COUNTERPART_SAMPLE = (16, 64, 1024)
 #: default ``multiple`` of :func:`spread_price`
 SPREAD_MULTIPLE = 40.0
 #: the rules ``price=`` understands by name; the first is the default
@@ -133,9 +137,9 @@ def counterpart_costs(
     weights: Union[Sequence[float], Tensor, None] = None,
     direction: str = "reverse",
     *,
-    max_anchors: int = 16,
-    max_others: int = 64,
-    max_rows: int = 1024,
+    max_anchors: int = COUNTERPART_SAMPLE[0],
+    max_others: int = COUNTERPART_SAMPLE[1],
+    max_rows: int = COUNTERPART_SAMPLE[2],
     seed: int = 0,
 ) -> Tuple[Tensor, Tensor]:
     """
@@ -166,10 +170,16 @@ def counterpart_costs(
         anchor component whose counterpart's client has at least two components.
     """
     check_direction(direction)
-    num_clients = len(clients)
-    if num_clients < 2:
+    if len(clients) < 2:
         raise ValueError("counterpart costs need at least two clients")
-    w = client_weights(weights, num_clients)
+    check_clients(clients)
+    w = client_weights(weights, len(clients))
+    return _counterpart_costs(clients, w, direction, max_anchors, max_others, max_rows, seed)
+
+
+def _counterpart_costs(clients, w: Tensor, direction: str, max_anchors: int, max_others: int, max_rows: int, seed: int):
+    """:func:`counterpart_costs` of checked clients (at least two) with normalised weights ``w``."""
+    num_clients = len(clients)
     geometry = KLGeometry(clients[0].families, direction)
     generator = torch.Generator().manual_seed(seed)
     anchors = torch.randperm(num_clients, generator=generator)[:max_anchors].tolist()
@@ -213,9 +223,9 @@ def counterpart_price(
     *,
     multiple: float = COUNTERPART_MULTIPLE,
     weight: float = COUNTERPART_WEIGHT,
-    max_anchors: int = 16,
-    max_others: int = 64,
-    max_rows: int = 1024,
+    max_anchors: int = COUNTERPART_SAMPLE[0],
+    max_others: int = COUNTERPART_SAMPLE[1],
+    max_rows: int = COUNTERPART_SAMPLE[2],
     seed: int = 0,
 ) -> float:
     """
@@ -270,12 +280,18 @@ def counterpart_price(
         raise ValueError(f"counterpart_price: multiple must be positive and finite, got {multiple}")
     if not 0 <= weight <= 1:
         raise ValueError(f"counterpart_price: weight must be in [0, 1], got {weight}")
+    check_direction(direction)
+    check_clients(clients)
+    w = client_weights(weights, len(clients))
+    return _counterpart_price(clients, w, direction, multiple, weight, (max_anchors, max_others, max_rows), seed)
+
+
+def _counterpart_price(clients, w: Tensor, direction: str, multiple: float, weight: float, sample, seed: int) -> float:
+    """:func:`counterpart_price` of checked clients with normalised weights ``w``;
+    ``sample = (max_anchors, max_others, max_rows)``."""
     if len(clients) < 2:
-        check_clients(clients)
         return 1.0
-    first, second = counterpart_costs(
-        clients, weights, direction, max_anchors=max_anchors, max_others=max_others, max_rows=max_rows, seed=seed
-    )
+    first, second = _counterpart_costs(clients, w, direction, *sample, seed)
     m1 = _median_above_floor(first)
     if m1 is None:
         return COST_FLOOR
@@ -311,7 +327,12 @@ def closest_pair_price(
     :param str direction: the KL direction of the cost.
     """
     check_direction(direction)
-    w = client_weights(weights, len(clients))
+    check_clients(clients)
+    return _closest_pair_price(clients, client_weights(weights, len(clients)), direction)
+
+
+def _closest_pair_price(clients, w: Tensor, direction: str) -> float:
+    """:func:`closest_pair_price` of checked clients with normalised weights ``w``."""
     geometry = KLGeometry(clients[0].families, direction)
     minima = []
     for j, client in enumerate(clients):
@@ -352,10 +373,13 @@ def prior_price(
     :param Components prior: one component with the clients' fields.
     :param weights: client weights (normalised to mean 1), default uniform.
     """
-    check_clients([clients[0], prior])
-    if len(prior) != 1:
-        raise ValueError(f"prior must be one component, got {len(prior)}")
-    w = client_weights(weights, len(clients))
+    check_clients(clients)
+    check_prior(prior, clients[0])
+    return _prior_price(clients, prior, client_weights(weights, len(clients)))
+
+
+def _prior_price(clients, prior: Components, w: Tensor) -> float:
+    """:func:`prior_price` of checked clients and prior with normalised weights ``w``."""
     values = []
     for j, client in enumerate(clients):
         kl = sum(

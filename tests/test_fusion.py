@@ -751,7 +751,7 @@ def test_a_rule_price_that_is_not_positive_is_an_error(monkeypatch):
     import pyro_fusion.fusion as engine
 
     for bad in (float("nan"), float("inf"), 0.0, -1.0):
-        monkeypatch.setattr(engine, "counterpart_price", lambda *args, bad=bad, **kwargs: bad)
+        monkeypatch.setattr(engine, "_counterpart_price", lambda *args, bad=bad, **kwargs: bad)
         with pytest.raises(ValueError, match=f"the counterpart price rule gave {bad}"):
             fuse(_good())
 

@@ -177,3 +177,26 @@ def test_price_dataclass():
             Price("counterpart", scale=bad)
     with pytest.raises(ValueError, match="rule must be a rule name"):
         Price(3.0)
+
+
+@pytest.mark.parametrize("rule", [counterpart_price, closest_pair_price, counterpart_costs])
+def test_rules_check_their_clients(rule):
+    a = client([0.0, 3.0])
+    other_field = Components.from_distributions({"y": Normal(torch.zeros(2, 1, dtype=torch.float64), 1.0)})
+    wider = Components.from_distributions({"x": Normal(torch.zeros(2, 2, dtype=torch.float64), 1.0)})
+    with pytest.raises(ValueError, match=r"client 1 has fields \['y'\]"):
+        rule([a, other_field])
+    with pytest.raises(ValueError, match="client 1, field 'x'.*event shapes"):
+        rule([a, wider])
+    with pytest.raises(ValueError, match="client 1: expected Components"):
+        rule([a, "x"])
+
+
+def test_prior_rule_checks_the_prior():
+    a = client([1.0, 2.0])
+    wider = Components.from_distributions({"x": Normal(torch.zeros(1, 2, dtype=torch.float64), 1.0)})
+    for call in (lambda: prior_price([a, a], wider), lambda: price_of("prior", [a, a], prior=wider)):
+        with pytest.raises(ValueError, match="client 1, field 'x'.*event shapes"):
+            call()
+    with pytest.raises(ValueError, match="prior must be one component, got 2"):
+        prior_price([a], a)
