@@ -510,6 +510,22 @@ class _FusionState:
         natural = xbar if self.geometry.direction == "reverse" else y
         return c, self.source.dual_norm(y), lambda k: y[k], lambda k: natural[k]
 
+    def _left_costs(self, j, client, x64, w, old, below):
+        """The client's costs against the barycenters of :meth:`_left`, reviewed (``below``
+        as :meth:`_review`): ``(kept, cost, rows, cols, values)`` with ``kept`` the rows of
+        ``old`` those barycenters belong to, or None."""
+        left = self._left(x64, w, old)
+        if left is None:
+            return None
+        cost = KLGeometry.cost(client.x, client.phi_w, left[2].to(self.dtype), left[3])
+        return (left[0], cost, *self._review(j, cost, client, x64, self._left_columns(left), below))
+
+    def _positions(self, cols: Tensor) -> Tensor:
+        """Slot -> its index in ``cols`` (-1 for slots not in it)."""
+        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
+        position[cols] = torch.arange(cols.numel(), device=self.device)
+        return position
+
     def _sparse_steps(self, j, client, x64, w, old, cols, cost):
         """Nonparametric steps on the entries below the price: ``(candidate, exact)``,
         each returning an :func:`assign_edges` result over ``cols``. The candidate matches
@@ -520,19 +536,17 @@ class _FusionState:
         num_rows = len(client.phi)
         if old is None:
             return (lambda: assign_edges(num_rows, rows, at_cols, values, self.price)), None
-        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
-        position[cols] = torch.arange(cols.numel(), device=self.device)
+        position = self._positions(cols)
         own = torch.zeros(cols.numel(), dtype=torch.bool, device=self.device)
         own[position[old]] = True
 
         def candidate() -> Tensor:
             others = ~own[at_cols]
             parts = [(rows[others], at_cols[others], values[others])]
-            left = self._left(x64, w, old)
+            left = self._left_costs(j, client, x64, w, old, self.price)
             if left is not None:
-                sub = KLGeometry.cost(client.x, client.phi_w, left[2].to(self.dtype), left[3])
-                sub_rows, sub_cols, sub_values = self._review(j, sub, client, x64, self._left_columns(left), self.price)
-                parts.append((sub_rows, position[old[left[0]]][sub_cols], sub_values))
+                kept, _, sub_rows, sub_cols, sub_values = left
+                parts.append((sub_rows, position[old[kept]][sub_cols], sub_values))
             return assign_edges(num_rows, *(torch.cat(p) for p in zip(*parts)), self.price)
 
         def exact() -> Tensor:
@@ -549,17 +563,15 @@ class _FusionState:
         cost[rows, at_cols] = values
         if old is None:
             return (lambda: assign_rows(cost)), None
-        position = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
-        position[cols] = torch.arange(cols.numel(), device=self.device)
+        position = self._positions(cols)
 
         def candidate() -> Tensor:
             matrix = cost.clone()
-            left = self._left(x64, w, old)
+            left = self._left_costs(j, client, x64, w, old, None)
             if left is not None:
-                sub = KLGeometry.cost(client.x, client.phi_w, left[2].to(self.dtype), left[3])
-                sub_rows, sub_cols, sub_values = self._review(j, sub, client, x64, self._left_columns(left), None)
+                kept, sub, sub_rows, sub_cols, sub_values = left
                 sub[sub_rows, sub_cols] = sub_values
-                matrix[:, position[old[left[0]]]] = sub
+                matrix[:, position[old[kept]]] = sub
             return assign_rows(matrix)
 
         return candidate, lambda: assign_rows(cost)
