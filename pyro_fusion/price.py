@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .components import Components, check_clients, check_prior, client_weights
-from .cost import KLGeometry, check_direction
+from .cost import KLGeometry, check_direction, kl_cost_matrix
 
 __all__ = [
     "COST_FLOOR",
@@ -117,19 +117,6 @@ def as_price(price) -> Union[float, Price]:
 def _median_above_floor(costs: Tensor) -> Optional[float]:
     costs = costs[costs >= COST_FLOOR]
     return float(costs.median()) if costs.numel() else None
-
-
-def _pair_cost(geometry: KLGeometry, local: Tensor, global_: Tensor) -> Tensor:
-    """Float64 KL costs between components given by concatenated natural parameters, in a
-    frame centred on ``global_`` where the family allows (as :func:`kl_cost_matrix`, without
-    its refinement: the rules take medians)."""
-    local, global_ = local.double(), global_.double()
-    shifts = geometry.centre(global_)
-    if any(s is not None for s in shifts):
-        local, global_ = geometry.translate(local, shifts), geometry.translate(global_, shifts)
-    x = geometry.coordinates(local)
-    y, c, _ = geometry.dual(geometry.coordinates(global_))
-    return KLGeometry.cost(x, geometry.potential(x), y, c)
 
 
 def counterpart_costs(
@@ -333,13 +320,11 @@ def closest_pair_price(
 
 def _closest_pair_price(clients, w: Tensor, direction: str) -> float:
     """:func:`closest_pair_price` of checked clients with normalised weights ``w``."""
-    geometry = KLGeometry(clients[0].families, direction)
     minima = []
     for j, client in enumerate(clients):
         if len(client) < 2:
             continue
-        eta = client.concat()
-        cost = _pair_cost(geometry, eta, eta)
+        cost = kl_cost_matrix(client, client, direction).double()
         cost.fill_diagonal_(0.0)
         cost = cost[cost * w[j] >= COST_FLOOR]  # a component and its twins tell nothing
         if cost.numel():
